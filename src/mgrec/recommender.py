@@ -1,0 +1,226 @@
+"""The ``Recommender`` contract: fit, score, one ``recommend()``, save and load.
+
+Every model (baselines and the fused model) implements :meth:`Recommender.fit`,
+:meth:`Recommender.score` and the state hooks. :meth:`Recommender.recommend` is written once,
+here, and the command line, the HTTP API and evaluation all call it.
+
+A saved model is a folder with ``model.json`` (format version, model name, config, sizes) and
+``weights.safetensors`` (numpy arrays). Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from mgrec.data.dataset import Dataset, to_csr
+from mgrec.errors import DataError
+from mgrec.io import atomic_write_json
+
+__all__ = ["Recommender", "topk", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+MODEL_JSON = "model.json"
+WEIGHTS = "weights.safetensors"
+
+
+def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top ``k`` columns of each row, best first; ``-inf`` entries sort last.
+
+    Args:
+        scores: ``(B, N)`` float array.
+        k: list length; clipped to ``N``.
+
+    Returns:
+        ``(indices, values)``, each ``(B, k)``; the same input always gives the same order.
+    """
+    k = min(int(k), scores.shape[1])
+    t = torch.from_numpy(np.ascontiguousarray(scores, dtype=np.float32))
+    vals, idx = torch.topk(t, k, dim=1, largest=True, sorted=True)
+    return idx.numpy().astype(np.int64), vals.numpy()
+
+
+class Recommender(ABC):
+    """Base class of every mgrec model.
+
+    Subclasses set :attr:`name`, implement :meth:`_fit`, :meth:`score`,
+    :meth:`_get_state` and :meth:`_set_state`. After :meth:`fit`, ``seen_`` holds the
+    binary user x item training matrix used by ``filter_seen``.
+    """
+
+    name: ClassVar[str] = "base"
+
+    def __init__(self) -> None:
+        self.n_users_: int = 0
+        self.n_items_: int = 0
+        self.seen_: sp.csr_matrix | None = None
+
+    # ----------------------------------------------------------------- training
+    def fit(
+        self, dataset: Dataset, train: pd.DataFrame, valid: pd.DataFrame | None = None
+    ) -> Recommender:
+        """Train on ``train`` (codes of ``dataset``); ``valid`` may drive early stopping.
+
+        Returns:
+            ``self``.
+        """
+        self.n_users_, self.n_items_ = dataset.n_users, dataset.n_items
+        self.seen_ = to_csr(train, dataset.n_users, dataset.n_items)
+        self._fit(dataset, train, valid)
+        return self
+
+    @abstractmethod
+    def _fit(self, dataset: Dataset, train: pd.DataFrame, valid: pd.DataFrame | None) -> None: ...
+
+    @abstractmethod
+    def score(self, users: np.ndarray) -> np.ndarray:
+        """Scores of every item for each user.
+
+        Args:
+            users: ``(B,)`` user codes.
+
+        Returns:
+            ``(B, n_items)`` ``float32``; higher is better.
+        """
+
+    # --------------------------------------------------------------- the contract
+    def recommend(
+        self,
+        users: np.ndarray | int,
+        k: int = 10,
+        *,
+        filter_seen: bool = True,
+        exclude: sp.csr_matrix | None = None,
+        candidates: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items for each user.
+
+        Args:
+            users: one user code or ``(B,)`` codes.
+            k: list length.
+            filter_seen: drop the items each user has in the training data.
+            exclude: a ``(n_users, n_items)`` matrix of further items to drop per user
+                (rows are indexed by user code).
+            candidates: restrict ranking to these item codes.
+
+        Returns:
+            ``(items, scores)``: ``int64`` item codes and ``float32`` scores, shaped ``(B, k)``,
+            or ``(k,)`` for a single user. Dropped items never appear; if fewer than ``k``
+            remain, the tail holds ``-1`` with score ``-inf``.
+
+        Example:
+            >>> items, scores = model.recommend(np.array([0, 1]), k=5)  # doctest: +SKIP
+        """
+        single = np.ndim(users) == 0
+        users = np.atleast_1d(np.asarray(users, dtype=np.int64))
+        scores = np.array(self.score(users), dtype=np.float32, copy=True)
+        if filter_seen and self.seen_ is not None:
+            _mask(scores, self.seen_[users])
+        if exclude is not None:
+            _mask(scores, exclude[users])
+        if candidates is not None:
+            keep = np.zeros(scores.shape[1], dtype=bool)
+            keep[np.asarray(candidates, dtype=np.int64)] = True
+            scores[:, ~keep] = -np.inf
+        idx, vals = topk(scores, k)
+        idx[~np.isfinite(vals)] = -1
+        if single:
+            return idx[0], vals[0]
+        return idx, vals
+
+    # ------------------------------------------------------------------ persistence
+    @abstractmethod
+    def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """``(config, arrays)``: a JSON-ready config dict and named numpy arrays."""
+
+    @abstractmethod
+    def _set_state(self, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None: ...
+
+    def save(self, path: str | Path) -> None:
+        """Write ``model.json`` and ``weights.safetensors`` into folder ``path``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        config, arrays = self._get_state()
+        arrays = dict(arrays)
+        if self.seen_ is not None:
+            coo = self.seen_.tocoo()
+            arrays["_seen_row"] = coo.row.astype(np.int64)
+            arrays["_seen_col"] = coo.col.astype(np.int64)
+        arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+        tmp = path / f".{WEIGHTS}.tmp"
+        save_file(arrays, str(tmp))
+        tmp.replace(path / WEIGHTS)
+        atomic_write_json(
+            path / MODEL_JSON,
+            {
+                "format_version": FORMAT_VERSION,
+                "model": self.name,
+                "n_users": self.n_users_,
+                "n_items": self.n_items_,
+                "config": config,
+            },
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recommender:
+        """Load a folder written by :meth:`save`; the model class comes from ``model.json``.
+
+        Raises:
+            DataError: when a file is missing, truncated or tampered with.
+        """
+        from mgrec.models import get_model_class
+
+        path = Path(path)
+        meta = _read_model_json(path / MODEL_JSON)
+        klass = get_model_class(meta["model"]) if cls is Recommender else cls
+        try:
+            arrays = load_file(str(path / WEIGHTS))
+        except FileNotFoundError:
+            raise DataError("model weights are missing", file=path / WEIGHTS) from None
+        except (SafetensorError, OSError, ValueError) as err:
+            raise DataError(f"model weights cannot be read ({err})", file=path / WEIGHTS) from None
+        model = klass.__new__(klass)
+        Recommender.__init__(model)
+        model.n_users_, model.n_items_ = int(meta["n_users"]), int(meta["n_items"])
+        row, col = arrays.pop("_seen_row", None), arrays.pop("_seen_col", None)
+        if row is not None and col is not None:
+            model.seen_ = sp.csr_matrix(
+                (np.ones(len(row), np.float32), (row, col)), shape=(model.n_users_, model.n_items_)
+            )
+        try:
+            model._set_state(meta["config"], arrays)
+        except (KeyError, ValueError, TypeError) as err:
+            raise DataError(f"model weights do not match model.json ({err})", file=path / WEIGHTS) from None
+        return model
+
+
+def _mask(scores: np.ndarray, rows: sp.csr_matrix) -> None:
+    rows = rows.tocoo()
+    scores[rows.row, rows.col] = -np.inf
+
+
+def _read_model_json(path: Path) -> dict[str, Any]:
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError("not a model folder: model.json is missing", file=path) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"model.json is not valid JSON ({err})", file=path) from None
+    for key in ("format_version", "model", "n_users", "n_items", "config"):
+        if key not in meta:
+            raise DataError(f"model.json lacks the key {key!r}", file=path)
+    if meta["format_version"] != FORMAT_VERSION:
+        raise DataError(
+            f"model format {meta['format_version']} is not supported (this mgrec reads {FORMAT_VERSION})",
+            file=path,
+        )
+    return meta

@@ -138,6 +138,10 @@ class Recommender(ABC):
         return idx, vals
 
     # ------------------------------------------------------------------ persistence
+    def config_dict(self) -> dict[str, Any]:
+        """The model's JSON-ready config (as saved in ``model.json``)."""
+        return self._get_state()[0]
+
     @abstractmethod
     def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         """``(config, arrays)``: a JSON-ready config dict and named numpy arrays."""

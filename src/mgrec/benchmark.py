@@ -1,0 +1,194 @@
+"""``mgrec benchmark``: datasets x models x seeds, each run in a fresh process.
+
+Each row runs in its own spawned process so that ``peak_rss_mb`` is that run's own peak
+(data loading included), not the high-water mark of everything before it. Hyperparameters
+are tuned on the validation split of the first seed and reused for the other seeds; the
+budget and the chosen values go into every row.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing as mp
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from mgrec.experiment import ExperimentConfig, run_experiment
+from mgrec.io import atomic_write_json, atomic_write_text
+
+__all__ = ["run_benchmark", "markdown_table", "TABLE_METRICS"]
+
+log = logging.getLogger(__name__)
+
+TABLE_METRICS = ("ndcg@10", "recall@10", "precision@10", "f1@10", "map@10", "mrr@10", "hit@10")
+
+
+def _peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _worker(cfg: ExperimentConfig, queue: Any) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run = run_experiment(cfg)
+        rec = run.record
+        row = {
+            "dataset": cfg.dataset,
+            "split": cfg.split,
+            "model": cfg.model,
+            "seed": cfg.seed,
+            "metrics": rec["test"],
+            "valid_metrics": rec["valid"],
+            "train_seconds": rec["train_seconds"],
+            "fit_seconds": rec["fit_seconds"],
+            "eval_seconds": rec["eval_seconds"],
+            "prepare_seconds": rec["prepare_seconds"],
+            "peak_rss_mb": round(_peak_rss_mb(), 1),
+            "model_config": rec["model_config"],
+            "data": {k: rec["data"][k] for k in ("users", "items", "interactions")},
+        }
+        if "tuning" in rec:
+            row["tuning"] = {k: v for k, v in rec["tuning"].items() if k != "trials"}
+        queue.put(("ok", row))
+    except Exception as err:  # noqa: BLE001 - reported to the parent as one line
+        queue.put(("error", f"{type(err).__name__}: {err}"))
+
+
+def _run_isolated(cfg: ExperimentConfig) -> dict[str, Any]:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_worker, args=(cfg, queue))
+    proc.start()
+    status, payload = queue.get()
+    proc.join()
+    if status != "ok":
+        from mgrec.errors import MgrecError
+
+        raise MgrecError(f"{cfg.dataset}/{cfg.model}/seed {cfg.seed}: {payload}")
+    return payload
+
+
+def run_benchmark(
+    datasets: list[str],
+    models: list[str],
+    *,
+    split: str,
+    seeds: int,
+    out: Path,
+    tune: bool = True,
+    tune_budget: int | None = None,
+    data_root: str | None = None,
+    model_configs: dict[str, dict[str, Any]] | None = None,
+    isolate: bool = True,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every (dataset, model, seed) and write ``out`` (JSON rows) and ``out``.md.
+
+    Args:
+        datasets: dataset names.
+        models: model names.
+        split: split protocol for all runs.
+        seeds: seeds ``0 .. seeds-1``; each seeds the split and the model.
+        out: the JSON file; the markdown table goes to the same name with ``.md``.
+        tune: tune each model on the first seed's validation split.
+        tune_budget: at most this many trials per model.
+        data_root: where the datasets are.
+        model_configs: fixed configs per model (skip tuning of the keys they set).
+        isolate: run each row in a fresh process (honest peak RSS).
+        on_row: called with each finished row (progress reporting).
+
+    Returns:
+        The rows, also written to ``out``.
+    """
+    rows: list[dict[str, Any]] = []
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    for dataset in datasets:
+        for model in models:
+            config = dict((model_configs or {}).get(model, {}))
+            tuned = False
+            for seed in range(seeds):
+                cfg = ExperimentConfig(
+                    dataset=dataset,
+                    model=model,
+                    split=split,
+                    seed=seed,
+                    model_config=config,
+                    tune=tune and not tuned,
+                    tune_budget=tune_budget,
+                    data_root=data_root,
+                )
+                row = _run_isolated(cfg) if isolate else _inline(cfg)
+                if cfg.tune:
+                    config = dict(row["model_config"])
+                    tuned = True
+                    tuning = row.get("tuning", {})
+                elif tune:
+                    row["tuning"] = {**tuning, "reused_from_seed": 0}
+                rows.append(row)
+                if on_row is not None:
+                    on_row(row)
+                _write(out, rows, started, split)
+    return rows
+
+
+def _inline(cfg: ExperimentConfig) -> dict[str, Any]:
+    from multiprocessing import Queue
+
+    q: Any = Queue()
+    _worker(cfg, q)
+    status, payload = q.get()
+    if status != "ok":
+        from mgrec.errors import MgrecError
+
+        raise MgrecError(payload)
+    return payload
+
+
+def _write(out: Path, rows: list[dict[str, Any]], started: str, split: str) -> None:
+    atomic_write_json(out, rows)
+    command = "mgrec " + " ".join(sys.argv[1:]) if sys.argv and "mgrec" in sys.argv[0] else ""
+    atomic_write_text(out.with_suffix(".md"), markdown_table(rows, title=f"split `{split}`, started {started}", command=command))
+
+
+def _mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def markdown_table(rows: list[dict[str, Any]], *, title: str = "", command: str = "") -> str:
+    """Mean ± standard deviation over seeds, one line per (dataset, split, model)."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["dataset"], row["split"], row["model"]), []).append(row)
+    head = ["dataset", "split", "model", "seeds", *TABLE_METRICS, "train s", "eval s", "peak RSS MB"]
+    lines = []
+    if title:
+        lines += [f"<!-- {title} -->"]
+    if command:
+        lines += [f"<!-- command: {command} -->"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (dataset, split, model), grp in groups.items():
+        cells = [dataset, split, model, str(len(grp))]
+        cells += [_mean_std([r["metrics"][m] for r in grp]) for m in TABLE_METRICS]
+        cells += [f"{statistics.mean(r['train_seconds'] for r in grp):.2f}"]
+        cells += [f"{statistics.mean(r['eval_seconds'] for r in grp):.2f}"]
+        cells += [f"{max(r['peak_rss_mb'] for r in grp):.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def load_rows(path: Path) -> list[dict[str, Any]]:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def with_seed(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:
+    return replace(cfg, seed=seed)

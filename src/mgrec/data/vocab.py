@@ -28,8 +28,7 @@ class Vocabulary:
     """
 
     def __init__(self, ids: Iterable[object]) -> None:
-        arr = np.asarray([str(x) for x in ids], dtype=object)
-        index = pd.Index(arr, dtype=object)
+        index = pd.Index(_as_str(ids), dtype=object)
         if not index.is_unique:
             dup = index[index.duplicated()][0]
             raise ValueError(f"duplicate id in vocabulary: {dup!r}")
@@ -38,7 +37,9 @@ class Vocabulary:
     @classmethod
     def from_values(cls, values: Iterable[object], *, sort: bool = True) -> Vocabulary:
         """Build from possibly repeated values: sorted (numerically when all are integers)."""
-        uniq = pd.unique(pd.Series(list(values) if not isinstance(values, (np.ndarray, pd.Series)) else values))
+        if not isinstance(values, (np.ndarray, pd.Series, pd.Index)):
+            values = list(values)
+        uniq = pd.unique(pd.Series(values))
         if sort:
             uniq = _natural_sort(uniq)
         return cls(uniq)
@@ -73,7 +74,7 @@ class Vocabulary:
         Returns:
             ``int64`` array of codes, shaped like ``raw``.
         """
-        keys = pd.Index([str(x) for x in np.asarray(raw, dtype=object).ravel()], dtype=object)
+        keys = pd.Index(_as_str(np.asarray(raw, dtype=object).ravel()), dtype=object)
         codes = self._index.get_indexer(keys).astype(np.int64)
         if missing == "error" and (codes < 0).any():
             bad = keys[np.flatnonzero(codes < 0)[0]]
@@ -100,9 +101,18 @@ class Vocabulary:
         return [str(x) for x in self._index]
 
 
+def _as_str(values: Iterable[object]) -> np.ndarray:
+    """Object array of ``str`` (vectorised; integers print without a decimal point)."""
+    if not isinstance(values, np.ndarray):
+        values = np.asarray(list(values), dtype=object)
+    if values.dtype.kind in "iu":
+        return values.astype(str).astype(object)
+    return values.astype(object).astype(str).astype(object)
+
+
 def _natural_sort(values: np.ndarray) -> np.ndarray:
     """Sort ids numerically when every one parses as an integer, else as strings."""
-    strs = np.asarray([str(v) for v in values], dtype=object)
+    strs = _as_str(values)
     nums = pd.to_numeric(pd.Series(strs), errors="coerce")
     if len(strs) and nums.notna().all() and (nums == nums.round()).all():
         order = np.argsort(nums.to_numpy(dtype=np.float64), kind="stable")

@@ -1,0 +1,170 @@
+"""Tests of feature encoding, with values worked out by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mgrec.data.dataset import FeatureTable
+from mgrec.data.features import EncodedFeatures, FeatureEncoder, encode_features
+from mgrec.errors import DataError
+
+KINDS = {"gender": "categorical", "age": "numeric", "tags": "multi", "bio": "text",
+         "const": "numeric"}
+
+
+def table() -> FeatureTable:
+    frame = pd.DataFrame({
+        "gender": pd.Series(["F", "M", None, "F", "X"], dtype=object),
+        "age": [10.0, 20.0, np.nan, 30.0, 100.0],
+        "tags": pd.Series([("a", "b", "a"), ("b",), (), ("c",), ("a", "z")], dtype=object),
+        "bio": pd.Series(["The cat sat", "a Cat! cat", None, "dog 7 x", "unseen words"],
+                         dtype=object),
+        "const": [5.0, 5.0, 5.0, 5.0, 5.0],
+    })
+    return FeatureTable(frame, KINDS)
+
+
+FIT = np.array([0, 1, 2, 3])  # row 4 plays a cold-start entity
+
+
+def test_categorical_codes_reserve_zero() -> None:
+    enc = encode_features(table(), fit_on=FIT)
+    # fit counts F:2, M:1 -> F=1, M=2; None -> 0; "X" (row 4, not fitted) -> 0
+    assert enc.encoder.spec("gender").vocab == ("F", "M")
+    assert enc.categorical["gender"].tolist() == [1, 2, 0, 1, 0]
+    assert enc.categorical["gender"].dtype == np.int64
+    assert enc.cardinality("gender") == 3
+
+
+def test_numeric_standardised_on_fit_rows() -> None:
+    enc = encode_features(table(), fit_on=FIT)
+    std = math.sqrt(200.0 / 3.0)  # population std of 10, 20, 30 (NaN ignored); mean 20
+    spec = enc.encoder.spec("age")
+    assert spec.mean == pytest.approx(20.0) and spec.std == pytest.approx(std)
+    expected = [-10 / std, 0.0, 0.0, 10 / std, 80 / std]
+    np.testing.assert_allclose(enc.numeric["age"], expected, rtol=1e-6)
+    assert enc.numeric["age"].dtype == np.float32
+    assert enc.missing["age"].tolist() == [0.0, 0.0, 1.0, 0.0, 0.0]
+    assert enc.encoder.spec("const").std == 1.0  # constant column: std 0 -> 1
+    assert enc.numeric["const"].tolist() == [0.0] * 5
+    mat = enc.numeric_matrix()
+    assert mat.shape == (5, 4) and mat[2].tolist() == [0.0, 1.0, 0.0, 0.0]
+
+
+def test_multi_bag_l1_counts() -> None:
+    enc = encode_features(table(), fit_on=FIT)
+    assert enc.encoder.spec("tags").vocab == ("a", "b", "c")  # a:2, b:2, c:1
+    dense = enc.bags["tags"].toarray()
+    expected = [[2 / 3, 1 / 3, 0], [0, 1, 0], [0, 0, 0], [0, 0, 1], [1, 0, 0]]
+    np.testing.assert_allclose(dense, expected, rtol=1e-6)
+    assert enc.bags["tags"].dtype == np.float32
+
+
+def test_vocab_caps() -> None:
+    capped = encode_features(table(), fit_on=FIT, max_vocab=2)
+    assert capped.encoder.spec("tags").vocab == ("a", "b")
+    assert capped.bags["tags"].toarray()[3].tolist() == [0.0, 0.0]  # "c" cut: row is missing
+    assert capped.encoder.spec("bio").vocab == ("cat", "dog")
+    rare = encode_features(table(), fit_on=FIT, min_count=2)
+    assert rare.encoder.spec("tags").vocab == ("a", "b")
+    assert rare.encoder.spec("gender").vocab == ("F",)
+    assert rare.categorical["gender"].tolist() == [1, 0, 0, 1, 0]
+
+
+def test_text_tokens() -> None:
+    enc = encode_features(table(), fit_on=FIT)
+    # tokens: the cat sat | cat cat ("a" too short) | - | dog ("7", "x" too short)
+    assert enc.encoder.spec("bio").vocab == ("cat", "dog", "sat", "the")
+    np.testing.assert_allclose(
+        enc.bags["bio"].toarray(),
+        [[1 / 3, 0, 1 / 3, 1 / 3], [1, 0, 0, 0], [0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]],
+        rtol=1e-6,
+    )
+
+
+def test_fit_on_mask_equals_indices_and_default_is_all_rows() -> None:
+    mask = np.array([True, True, True, True, False])
+    a = encode_features(table(), fit_on=FIT)
+    b = encode_features(table(), fit_on=mask)
+    assert a.encoder == b.encoder
+    full = encode_features(table())
+    assert full.encoder.spec("gender").vocab == ("F", "M", "X")
+    assert full.encoder.spec("age").mean == pytest.approx(40.0)
+    with pytest.raises(ValueError, match="fit_on"):
+        encode_features(table(), fit_on=np.array([7]))
+
+
+def test_transform_new_rows() -> None:
+    enc = encode_features(table(), fit_on=FIT)
+    new = FeatureTable(
+        pd.DataFrame({
+            "gender": pd.Series(["M", "Q"], dtype=object),
+            "age": [np.nan, 25.0],
+            "tags": pd.Series([("c", "c", "b", "new"), ()], dtype=object),
+            "bio": pd.Series(["DOG dog cat", ""], dtype=object),
+            "const": [1.0, np.nan],
+            "extra": pd.Series(["ignored", None], dtype=object),
+        }),
+        {**KINDS, "extra": "categorical"},
+    )
+    out = enc.transform(new)
+    assert out.n_rows == 2
+    assert out.categorical["gender"].tolist() == [2, 0]  # unknown "Q" -> 0
+    np.testing.assert_allclose(out.numeric["age"], [0.0, 5 / math.sqrt(200 / 3)], rtol=1e-6)
+    assert out.missing["age"].tolist() == [1.0, 0.0]
+    tags = out.bags["tags"].toarray()  # "new" is unknown: c, c, b count
+    np.testing.assert_allclose(tags, [[0, 1 / 3, 2 / 3], [0, 0, 0]], rtol=1e-6)
+    np.testing.assert_allclose(out.bags["bio"].toarray()[0], [1 / 3, 2 / 3, 0, 0], rtol=1e-6)
+    assert out.numeric["const"].tolist() == [-4.0, 0.0]  # (1 - 5) / 1
+
+
+def test_transform_checks_columns() -> None:
+    enc = encode_features(table(), fit_on=FIT)
+    frame = table().frame.drop(columns=["age"])
+    with pytest.raises(DataError, match="field 'age': feature table lacks the column"):
+        enc.transform(FeatureTable(frame, {k: v for k, v in KINDS.items() if k != "age"}))
+    frame = table().frame.assign(gender=pd.Series([("x",)] * 5, dtype=object))
+    msg = "field 'gender': feature is multi, but the encoder was fitted on categorical"
+    with pytest.raises(DataError, match=msg):
+        enc.transform(FeatureTable(frame, {**KINDS, "gender": "multi"}))
+
+
+def test_to_csr_layout() -> None:
+    enc = encode_features(table(), fit_on=FIT)
+    names = enc.column_names()
+    assert names == ["gender=F", "gender=M", "age", "age?missing", "tags:a", "tags:b", "tags:c",
+                     "bio:cat", "bio:dog", "bio:sat", "bio:the", "const", "const?missing"]
+    m = enc.to_csr()
+    assert m.shape == (5, len(names)) and m.dtype == np.float32
+    row2 = dict(zip(names, m.toarray()[2].tolist(), strict=True))
+    assert row2["age?missing"] == 1.0 and row2["gender=F"] == 0.0 and row2["gender=M"] == 0.0
+
+
+def test_state_round_trip_json_and_safetensors(tmp_path) -> None:
+    st = pytest.importorskip("safetensors.numpy")
+    enc = encode_features(table(), fit_on=FIT)
+    state, arrays = enc.to_state()
+    text = json.dumps(state)
+    st.save_file(arrays, str(tmp_path / "f.safetensors"))
+    loaded = st.load_file(str(tmp_path / "f.safetensors"))
+    back = EncodedFeatures.from_state(json.loads(text), loaded)
+    assert back.encoder == enc.encoder
+    assert (back.to_csr() != enc.to_csr()).nnz == 0
+    assert back.categorical["gender"].tolist() == [1, 2, 0, 1, 0]
+    enc2 = FeatureEncoder.from_state(json.loads(json.dumps(enc.encoder.to_state())))
+    assert enc2 == enc.encoder
+    with pytest.raises(DataError, match="array 'num:age' is missing"):
+        EncodedFeatures.from_state(state, {k: v for k, v in arrays.items() if k != "num:age"})
+    with pytest.raises(DataError, match="expected version 1"):
+        FeatureEncoder.from_state({"version": 99})
+
+
+def test_empty_table() -> None:
+    empty = FeatureTable(pd.DataFrame({"g": pd.Series([], dtype=object)}), {"g": "categorical"})
+    enc = encode_features(empty)
+    assert enc.n_rows == 0 and enc.categorical["g"].shape == (0,) and enc.to_csr().shape == (0, 0)

@@ -48,7 +48,6 @@ def _worker(cfg: ExperimentConfig, queue: Any) -> None:
             "metrics": rec["test"],
             "valid_metrics": rec["valid"],
             "train_seconds": rec["train_seconds"],
-            "fit_seconds": rec["fit_seconds"],
             "eval_seconds": rec["eval_seconds"],
             "prepare_seconds": rec["prepare_seconds"],
             "peak_rss_mb": round(_peak_rss_mb(), 1),

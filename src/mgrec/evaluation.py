@@ -141,7 +141,7 @@ def evaluate(
     result = {key: float(np.concatenate(v).mean()) for key, v in parts.items()}
     for k in ks:
         result[f"coverage@{k}"] = float(covered[k].sum() / n_items)
-    result["n_users"] = float(len(users))
+    result["n_users"] = int(len(users))
     logger.info("evaluated %d users on %d items", len(users), n_items)
     return result
 
@@ -171,7 +171,7 @@ def evaluate_split(
             validation items.
 
     Returns:
-        The metrics of :func:`evaluate`; only ``{"n_users": 0.0}`` (and a logged warning)
+        The metrics of :func:`evaluate`; only ``{"n_users": 0}`` (and a logged warning)
         when the part is empty, e.g. a split made without a validation share.
 
     Raises:
@@ -184,7 +184,7 @@ def evaluate_split(
     frame = getattr(split, part, None)
     if frame is None or len(frame) == 0:
         logger.warning("the split has no %s interactions; nothing to evaluate", part)
-        return {"n_users": 0.0}
+        return {"n_users": 0}
     shape = (dataset.n_users, dataset.n_items)
     truth = to_csr(frame, *shape)
     exclude = kw.pop("exclude", None)

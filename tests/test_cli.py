@@ -1,0 +1,170 @@
+"""The command line end to end, in-process, on a folder dataset the test writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mgrec.cli import main
+
+INFO_KEYS = {"users", "items", "interactions", "social_links", "user_features", "item_features",
+             "first_timestamp", "last_timestamp"}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """60 users x 40 items in 4 taste groups, with features, friends and timestamps."""
+    root = tmp_path_factory.mktemp("mydata")
+    rng = np.random.default_rng(7)
+    rows = ["user_id,item_id,timestamp,weight"]
+    t = 1_600_000_000
+    for u in range(60):
+        group = u % 4
+        items = rng.choice(np.arange(group * 10, group * 10 + 10), size=7, replace=False)
+        extra = rng.choice(40, size=2, replace=False)
+        for i in [*items, *extra]:
+            t += int(rng.integers(60, 3600))
+            rows.append(f"u{u},i{i},{t},1")
+    (root / "interactions.csv").write_text("\n".join(rows) + "\n")
+    users = ["user_id,age,occupation"] + [f"u{u},{20 + u % 30},job{u % 4}" for u in range(60)]
+    (root / "users.csv").write_text("\n".join(users) + "\n")
+    items = ["item_id,genres,price"] + [f"i{i},g{i // 10}|g{(i // 10 + 1) % 4},{i * 1.5}" for i in range(40)]
+    (root / "items.csv").write_text("\n".join(items) + "\n")
+    social = ["user_id,friend_id"] + [f"u{u},u{(u + 4) % 60}" for u in range(60)]
+    (root / "social.csv").write_text("\n".join(social) + "\n")
+    return root
+
+
+def _json(capsys) -> dict:
+    return json.loads(capsys.readouterr().out)
+
+
+def test_data_info_contract(folder, capsys):
+    assert main(["data", "info", f"folder:{folder}", "--json"]) == 0
+    info = _json(capsys)
+    assert INFO_KEYS <= set(info)
+    assert info["users"] == 60 and info["items"] == 40 and info["interactions"] == 540
+    assert info["social_links"] == 60
+    assert info["user_features"] == ["age", "occupation"] and info["item_features"] == ["genres", "price"]
+    assert info["first_timestamp"] < info["last_timestamp"]
+
+
+def test_train_evaluate_recommend(folder, tmp_path, capsys):
+    out = tmp_path / "m"
+    assert main(["train", "--dataset", f"folder:{folder}", "--model", "itemknn", "--split", "random",
+                 "--out", str(out), "--config", '{"k": 20}']) == 0
+    capsys.readouterr()
+    for name in ("run.json", "users.json", "items.json", "model/model.json",
+                 "model/weights.safetensors", "split/split.json", "split/test.tsv"):
+        assert (out / name).is_file(), name
+    assert main(["evaluate", "--model-dir", str(out), "--json"]) == 0
+    metrics = _json(capsys)
+    for key in ("ndcg@10", "recall@10", "precision@10", "f1@10", "map@10", "mrr@10", "hit@10"):
+        assert 0.0 <= metrics[key] <= 1.0
+    # the planted groups make item-item neighbours far better than chance (~7/40 hit rate)
+    assert metrics["hit@10"] > 0.5
+    assert main(["recommend", "--model-dir", str(out), "--user", "u3", "--k", "5", "--json"]) == 0
+    rec = _json(capsys)
+    assert rec["user_id"] == "u3" and len(rec["items"]) == 5
+    scores = [r["score"] for r in rec["items"]]
+    assert scores == sorted(scores, reverse=True)
+    train = (out / "split" / "train.tsv").read_text().splitlines()[1:]
+    seen = {line.split("\t")[1] for line in train if line.split("\t")[0] == "u3"}
+    assert not seen & {r["item_id"] for r in rec["items"]}
+
+
+def test_same_seed_same_metrics(folder, tmp_path, capsys):
+    results = []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        assert main(["train", "--dataset", f"folder:{folder}", "--model", "bprmf", "--seed", "3",
+                     "--out", str(out), "--config", '{"epochs": 5, "eval_every": 5}']) == 0
+        assert main(["evaluate", "--model-dir", str(out), "--json"]) == 0
+        capsys.readouterr()  # drop the train line
+        assert main(["evaluate", "--model-dir", str(out), "--json"]) == 0
+        results.append(_json(capsys))
+    assert results[0] == results[1]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["data", "info", "no-such-set"], "unknown dataset 'no-such-set'"),
+        (["data", "info", "folder:/nonexistent/dir"], "/nonexistent/dir"),
+        (["evaluate", "--model-dir", "/nonexistent/model"], "model folder not found"),
+        (["train", "--dataset", "synthetic", "--model", "nope", "--out", "/tmp/x"], "unknown model 'nope'"),
+    ],
+)
+def test_errors_print_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("mgrec: error: ") and message in err
+    assert len(err.splitlines()) == 1
+
+
+def test_unknown_user_and_bad_config(folder, tmp_path, capsys):
+    out = tmp_path / "pop"
+    assert main(["train", "--dataset", f"folder:{folder}", "--model", "pop", "--out", str(out)]) == 0
+    assert main(["recommend", "--model-dir", str(out), "--user", "nobody"]) == 2
+    assert "unknown user 'nobody'" in capsys.readouterr().err
+    assert main(["train", "--dataset", f"folder:{folder}", "--model", "ease", "--out", str(tmp_path / "e"),
+                 "--config", '{"regg": 1}']) == 2
+    assert "unknown key 'regg'" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
+
+
+def test_failed_train_keeps_existing_model(folder, tmp_path, capsys):
+    out = tmp_path / "keep"
+    assert main(["train", "--dataset", f"folder:{folder}", "--model", "pop", "--out", str(out)]) == 0
+    before = (out / "model" / "weights.safetensors").read_bytes()
+    assert main(["train", "--dataset", f"folder:{folder}", "--model", "ease", "--out", str(out),
+                 "--config", '{"reg": "x"}']) == 2
+    assert (out / "model" / "weights.safetensors").read_bytes() == before
+
+
+def test_benchmark_writes_rows_and_table(folder, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["benchmark", "--datasets", f"folder:{folder}", "--models", "pop,ease", "--split", "random",
+                 "--seeds", "2", "--out", str(out), "--tune-budget", "2"]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["model"], r["seed"]) for r in rows] == [("pop", 0), ("pop", 1), ("ease", 0), ("ease", 1)]
+    for row in rows:
+        assert {"dataset", "split", "model", "seed", "metrics", "train_seconds", "eval_seconds",
+                "peak_rss_mb"} <= set(row)
+        assert {"ndcg@10", "recall@10", "precision@10", "f1@10", "map@10", "mrr@10", "hit@10"} <= set(row["metrics"])
+        assert row["peak_rss_mb"] > 50
+    # seed 1 reuses the config tuned on seed 0's validation split
+    assert rows[3]["model_config"] == rows[2]["model_config"]
+    lines = [ln for ln in out.with_suffix(".md").read_text().splitlines() if ln.startswith("| folder:")]
+    assert [ln.split(" | ")[2] for ln in lines] == ["pop", "ease"]
+    ndcg = [r["metrics"]["ndcg@10"] for r in rows[2:]]
+    mean, std = np.mean(ndcg), np.std(ndcg, ddof=1)
+    assert f"| {mean:.4f} ± {std:.4f} |" in lines[1]
+
+
+def test_markdown_table_mean_and_std():
+    from mgrec.benchmark import TABLE_METRICS, markdown_table
+
+    rows = [{"dataset": "d", "split": "random", "model": "ease", "seed": s,
+             "metrics": dict.fromkeys(TABLE_METRICS, v), "train_seconds": 1.0 + s,
+             "eval_seconds": 0.5, "peak_rss_mb": 300.0 + s} for s, v in enumerate((0.1, 0.2))]
+    line = markdown_table(rows).splitlines()[-1]
+    # mean 0.15, sample std sqrt(((0.05)^2 * 2) / 1) = 0.0707
+    assert line.startswith("| d | random | ease | 2 | 0.1500 ± 0.0707 |")
+    assert line.endswith("| 1.50 | 0.50 | 301 |")
+
+
+@pytest.mark.realdata
+def test_data_info_real(real_data, capsys):
+    root = real_data("lastfm-2k").parent
+    assert main(["data", "info", "lastfm-2k", "--data-root", str(root), "--json"]) == 0
+    info = _json(capsys)
+    assert (info["users"], info["items"], info["interactions"], info["social_links"]) == (1892, 17632, 92834, 12717)
+    assert "tags" in info["item_features"] and info["first_timestamp"] is None
+    assert main(["data", "info", "ml-100k", "--data-root", str(root), "--json"]) == 0
+    info = _json(capsys)
+    assert (info["users"], info["items"], info["interactions"]) == (943, 1682, 100000)
+    assert info["user_features"] == ["age", "gender", "occupation", "zip"]

@@ -21,7 +21,7 @@ def _require(folder: str) -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def real_data():
     """Call ``real_data("ml-100k")`` to get that dataset's folder under the data root."""
     return _require

@@ -167,7 +167,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = ExperimentConfig(
         dataset=args.dataset, model=args.model, split=args.split, seed=args.seed,
         model_config=args.config, preprocess=_preprocess_from_args(args), tune=args.tune,
-        tune_budget=args.tune_budget, data_root=args.data_root,
+        tune_budget=args.tune_budget, data_root=args.data_root, progress=sys.stderr.isatty(),
     )
     run = run_experiment(cfg, evaluate_test=False)
     out = save_run(run, cfg, args.out)
@@ -184,7 +184,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     run = load_run(args.model_dir)
     split, data = run.split(), run.vocab_dataset()
     ks = args.ks or tuple(run.record.get("config", {}).get("ks", DEFAULT_KS))
-    metrics = evaluate_split(run.model, split, data, part=args.part, ks=ks)
+    metrics = evaluate_split(run.model, split, data, part=args.part, ks=ks, progress=sys.stderr.isatty())
     if args.sampled_negatives > 0:
         import numpy as np
 

@@ -72,6 +72,7 @@ class ExperimentConfig:
         tune_budget: at most this many trials (``None``: the whole grid).
         ks: cut-offs for the reported metrics.
         data_root: where datasets live (``None``: ``$MGREC_DATA``, then the cache).
+        progress: show progress bars for tuning and evaluation.
     """
 
     dataset: str
@@ -84,6 +85,7 @@ class ExperimentConfig:
     tune_budget: int | None = None
     ks: tuple[int, ...] = DEFAULT_KS
     data_root: str | None = None
+    progress: bool = False
 
 
 def default_preprocess(dataset: str) -> PreprocessConfig:
@@ -134,7 +136,8 @@ def run_experiment(cfg: ExperimentConfig, *, evaluate_test: bool = True) -> Trai
         from mgrec.tuning import tune
 
         t0 = time.perf_counter()
-        result = tune(cfg.model, data, split, budget=cfg.tune_budget, seed=cfg.seed, base=model_config)
+        result = tune(cfg.model, data, split, budget=cfg.tune_budget, seed=cfg.seed, base=model_config,
+                      progress=cfg.progress)
         record["tuning"] = {**result.to_dict(), "seconds": round(time.perf_counter() - t0, 3)}
         model = result.model
         best = next(t for t in result.trials if t["config"] == result.best_config)
@@ -145,10 +148,12 @@ def run_experiment(cfg: ExperimentConfig, *, evaluate_test: bool = True) -> Trai
         model.fit(data, split.train, split.valid)
         record["train_seconds"] = round(time.perf_counter() - t0, 3)
     record["model_config"] = model.config_dict()
-    record["valid"] = _rounded(evaluate_split(model, split, data, part="valid", ks=cfg.ks))
+    record["valid"] = _rounded(evaluate_split(model, split, data, part="valid", ks=cfg.ks,
+                                                   progress=cfg.progress))
     if evaluate_test:
         t0 = time.perf_counter()
-        record["test"] = _rounded(evaluate_split(model, split, data, part="test", ks=cfg.ks))
+        record["test"] = _rounded(evaluate_split(model, split, data, part="test", ks=cfg.ks,
+                                                      progress=cfg.progress))
         record["eval_seconds"] = round(time.perf_counter() - t0, 3)
     return TrainedRun(model=model, dataset=data, split=split, record=record)
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from mgrec.data.dataset import Dataset, to_csr
 from mgrec.errors import ConfigError, DataError
@@ -169,6 +170,7 @@ def tune(
     seed: int = 0,
     metric: str = "ndcg@10",
     base: Mapping[str, Any] | None = None,
+    progress: bool = False,
 ) -> TuneResult:
     """Grid or random search of model ``name``'s hyperparameters on the validation split.
 
@@ -184,6 +186,7 @@ def tune(
         metric: validation metric ``name@k`` (any metric :func:`mgrec.evaluation.evaluate`
             knows); higher is better. Ties keep the earlier trial.
         base: config values fixed for every trial (not searched, even if in ``grid``).
+        progress: show a tqdm bar over the trials.
 
     Returns:
         A :class:`TuneResult` with the best config, its score, every trial and the best
@@ -215,6 +218,7 @@ def tune(
 
     trials: list[dict[str, Any]] = []
     best_idx, best_score, best_model = -1, -math.inf, None
+    bar = tqdm(total=len(configs), desc=f"tuning {name}", unit="trial", disable=not progress)
     for idx, cfg in enumerate(configs):
         model = make_model(name, cfg, seed=seed)
         t0 = time.perf_counter()
@@ -235,6 +239,9 @@ def tune(
                     name, idx + 1, len(configs), cfg, metric, score)
         if finite and score > best_score:
             best_idx, best_score, best_model = idx, score, model
+        bar.set_postfix_str(f"best valid {metric} {best_score:.4f}")
+        bar.update(1)
+    bar.close()
     if best_idx < 0:
         raise DataError(f"tuning {name}: no trial produced a finite validation {metric}")
     best_config = dict(configs[best_idx])

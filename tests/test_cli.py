@@ -168,3 +168,36 @@ def test_data_info_real(real_data, capsys):
     info = _json(capsys)
     assert (info["users"], info["items"], info["interactions"]) == (943, 1682, 100000)
     assert info["user_features"] == ["age", "gender", "occupation", "zip"]
+
+
+BAD_INPUTS = [
+    # (files to write, expected fragments of the one-line error)
+    ({}, ["interactions"]),
+    ({"interactions.csv": "user_id,item_id,timestamp\nu1,i1,10\nu2,i2\n"},
+     ["interactions.csv", "line 3", "expected 3 fields, found 2"]),
+    ({"interactions.csv": "user_id,item_id,weight\nu1,i1,1\nu2,i2,lots\n"},
+     ["interactions.csv", "line 3", "field 'weight'"]),
+    ({"interactions.csv": "user_id,item_id,timestamp\nu1,i1,10\nu2,i2,nan\n"},
+     ["interactions.csv", "line 3", "field 'timestamp'"]),
+    ({"interactions.csv": "user_id,item_id\nu1,i1\n", "social.csv": "user_id,friend_id\nu1,ghost\n"},
+     ["social.csv", "line 2", "field 'friend_id'", "unknown user 'ghost'"]),
+]
+
+
+@pytest.mark.parametrize("files, fragments", BAD_INPUTS)
+def test_bad_folder_input_gives_one_line(files, fragments, tmp_path, capsys):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    assert main(["data", "info", f"folder:{tmp_path}", "--json"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err
+
+
+def test_empty_after_filtering_is_one_line(folder, tmp_path, capsys):
+    assert main(["train", "--dataset", f"folder:{folder}", "--model", "pop", "--kcore", "500",
+                 "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "empty after filtering" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "m").exists()

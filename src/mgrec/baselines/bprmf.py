@@ -17,9 +17,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,10 +27,10 @@ import torch.nn.functional as F
 
 from mgrec.baselines import check_fitted, check_users
 from mgrec.config import from_dict, to_dict
-from mgrec.data.dataset import Dataset, to_csr
-from mgrec.evaluation import evaluate
+from mgrec.data.dataset import Dataset
 from mgrec.metrics import METRICS
 from mgrec.recommender import Recommender
+from mgrec.training import EarlyStopping, fit_epochs, torch_threads, validation_scorer
 
 __all__ = ["BPRMF", "BPRMFConfig", "sample_negatives"]
 
@@ -128,19 +125,6 @@ def sample_negatives(
     return neg
 
 
-@contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` torch intra-op threads (``0``: unchanged), then restore."""
-    before = torch.get_num_threads()
-    if n > 0 and n != before:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != before:
-            torch.set_num_threads(before)
-
-
 class BPRMF(Recommender):
     """Matrix factorisation with the BPR pairwise loss and uniform negative sampling.
 
@@ -186,7 +170,7 @@ class BPRMF(Recommender):
         return params
 
     def _fit(self, dataset: Dataset, train: pd.DataFrame, valid: pd.DataFrame | None) -> None:
-        with _torch_threads(self.config.threads):
+        with torch_threads(self.config.threads):
             self._train(valid)
 
     def _train(self, valid: pd.DataFrame | None) -> None:
@@ -206,47 +190,17 @@ class BPRMF(Recommender):
             self._finish(best=None)
             return
 
-        metric, k = cfg.valid_metric.split("@")
-        valid_csr = None
-        if valid is not None and len(valid):
-            valid_csr = to_csr(valid, self.n_users_, self.n_items_)
-        best: tuple[torch.Tensor, ...] | None = None
-        best_score, bad_evals = -math.inf, 0
-        self.history_ = []
-        epochs = range(1, cfg.epochs + 1)
-        if cfg.progress:
-            from tqdm.auto import tqdm
-
-            epochs = tqdm(epochs, desc="bprmf", unit="epoch")
-        for epoch in epochs:
-            t0 = time.perf_counter()
-            loss = self._epoch(users, items, keys, opt, gen)
-            row: dict[str, float] = {"epoch": epoch, "loss": loss}
-            if valid_csr is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-                res = evaluate(self, valid_csr, ks=(int(k),), metrics=(metric,))
-                score = float(res[cfg.valid_metric])
-                row["valid"] = score
-                if score > best_score:
-                    best_score, bad_evals = score, 0
-                    best = self._snapshot()
-                    self.best_epoch_ = epoch
-                else:
-                    bad_evals += 1
-            row["seconds"] = time.perf_counter() - t0
-            self.history_.append(row)
-            logger.info(
-                "bprmf epoch %d: loss %.5f%s (%.2fs)", epoch, loss,
-                f", valid {cfg.valid_metric} {row['valid']:.5f}" if "valid" in row else "",
-                row["seconds"],
-            )
-            if valid_csr is not None and bad_evals >= cfg.patience:
-                logger.info("bprmf: early stop at epoch %d; best epoch %d (%s %.5f)",
-                            epoch, self.best_epoch_, cfg.valid_metric, best_score)
-                break
-        if best is None:
-            self.best_epoch_ = len(self.history_)
-        self.best_valid_ = best_score if best is not None else float("nan")
-        self._finish(best)
+        stopping = EarlyStopping(cfg.epochs, cfg.eval_every, cfg.patience, cfg.progress)
+        hist = fit_epochs(
+            lambda epoch: self._epoch(users, items, keys, opt, gen),
+            stopping=stopping,
+            validate=validation_scorer(self, valid, metric=cfg.valid_metric),
+            snapshot=self._snapshot,
+            restore=self._finish,
+            name="bprmf",
+        )
+        self.history_, self.best_epoch_, self.best_valid_ = hist.epochs, hist.best_epoch, hist.best_valid
+        self._finish(None)
 
     def _epoch(
         self,

@@ -1,0 +1,169 @@
+"""The training loop every gradient-trained model shares.
+
+:func:`fit_epochs` runs epochs, scores the validation split every ``eval_every`` epochs
+with the same full-ranking evaluation as the test, stops after ``patience`` evaluations
+without improvement, and restores the best epoch's weights. Models supply three callables
+(one epoch, take a snapshot, restore a snapshot); the loop owns the rest, so early stopping
+means the same thing for BPR-MF, LightGCN, SASRec, MultiVAE and the fused model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from mgrec.data.dataset import to_csr
+from mgrec.errors import ConfigError
+
+__all__ = ["EarlyStopping", "FitHistory", "fit_epochs", "validation_scorer", "torch_threads"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    """When to evaluate and when to stop.
+
+    Args:
+        epochs: the most epochs to run.
+        eval_every: evaluate on validation every this many epochs (and after the last).
+        patience: stop after this many evaluations without a new best.
+        progress: show a tqdm bar over epochs.
+    """
+
+    epochs: int = 200
+    eval_every: int = 1
+    patience: int = 10
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "eval_every", "patience"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass
+class FitHistory:
+    """What happened during :func:`fit_epochs`.
+
+    Attributes:
+        epochs: one dict per epoch: ``epoch``, ``loss``, ``seconds`` and, where evaluated,
+            ``valid``.
+        best_epoch: the epoch whose weights the model holds.
+        best_valid: its validation score (``nan`` without validation data).
+    """
+
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_valid: float = float("nan")
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        return sum(e["seconds"] for e in self.epochs) / max(len(self.epochs), 1)
+
+
+def fit_epochs(
+    run_epoch: Callable[[int], float],
+    *,
+    stopping: EarlyStopping,
+    validate: Callable[[], float] | None,
+    snapshot: Callable[[], Any],
+    restore: Callable[[Any], None],
+    name: str = "model",
+) -> FitHistory:
+    """Train with early stopping on a validation score (higher is better).
+
+    Args:
+        run_epoch: trains one epoch (1-based number given) and returns its mean loss.
+        stopping: epochs, evaluation interval and patience.
+        validate: returns the validation score; ``None`` trains all epochs.
+        snapshot: returns a copy of the weights.
+        restore: puts a snapshot back.
+        name: for log lines and the progress bar.
+
+    Returns:
+        The history; the model holds the best epoch's weights.
+    """
+    history = FitHistory()
+    best, best_score, bad = None, -math.inf, 0
+    bar = tqdm(range(1, stopping.epochs + 1), desc=name, unit="epoch", disable=not stopping.progress)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        loss = float(run_epoch(epoch))
+        row: dict[str, float] = {"epoch": epoch, "loss": loss}
+        if validate is not None and (epoch % stopping.eval_every == 0 or epoch == stopping.epochs):
+            score = float(validate())
+            row["valid"] = score
+            if score > best_score:
+                best, best_score, bad = snapshot(), score, 0
+                history.best_epoch = epoch
+            else:
+                bad += 1
+        row["seconds"] = time.perf_counter() - t0
+        history.epochs.append(row)
+        bar.set_postfix(loss=f"{loss:.4f}", best=f"{best_score:.4f}")
+        logger.info("%s epoch %d: loss %.5f%s (%.2fs)", name, epoch, loss,
+                    f", valid {row['valid']:.5f}" if "valid" in row else "", row["seconds"])
+        if not math.isfinite(loss):
+            logger.warning("%s: loss is %s at epoch %d; stopping", name, loss, epoch)
+            break
+        if validate is not None and bad >= stopping.patience:
+            logger.info("%s: early stop at epoch %d, best epoch %d (%.5f)",
+                        name, epoch, history.best_epoch, best_score)
+            break
+    bar.close()
+    if best is not None:
+        restore(best)
+        history.best_valid = best_score
+    else:
+        history.best_epoch = len(history.epochs)
+    return history
+
+
+def validation_scorer(
+    model: Any, valid: pd.DataFrame | None, *, metric: str = "ndcg@10"
+) -> Callable[[], float] | None:
+    """A callable that scores ``model`` on ``valid`` by full ranking (``None`` if no data).
+
+    Args:
+        model: a :class:`~mgrec.recommender.Recommender` whose ``fit`` has set its sizes.
+        valid: the validation interactions.
+        metric: ``name@k``.
+    """
+    if valid is None or len(valid) == 0:
+        return None
+    from mgrec.evaluation import evaluate
+
+    name, _, k = metric.partition("@")
+    truth = to_csr(valid, model.n_users_, model.n_items_)
+
+    def score() -> float:
+        return float(evaluate(model, truth, ks=(int(k),), metrics=(name,))[metric])
+
+    return score
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch intra-op threads (``0``: unchanged), then restore.
+
+    Small-batch training spends more time synchronising threads than computing on a busy
+    2-core machine, and a fixed count keeps results independent of the core count.
+    """
+    before = torch.get_num_threads()
+    if n > 0 and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)

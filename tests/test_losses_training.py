@@ -1,0 +1,76 @@
+"""Losses against hand-computed values; the shared early-stopping loop."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mgrec.errors import ConfigError
+from mgrec.losses import bpr_loss, sampled_softmax_loss, softmax_loss
+from mgrec.training import EarlyStopping, fit_epochs
+
+
+def test_bpr_loss_hand_values():
+    # -log sigmoid(2 - 0) = log(1 + e^-2) = 0.126928; -log sigmoid(0 - 1) = log(1 + e) = 1.313262
+    got = bpr_loss(torch.tensor([2.0, 0.0]), torch.tensor([0.0, 1.0]))
+    assert float(got) == pytest.approx((0.126928 + 1.313262) / 2, abs=1e-5)
+    # (B, M) negatives: row 0 compares 2 with 0 and 2
+    two = bpr_loss(torch.tensor([2.0]), torch.tensor([[0.0, 2.0]]))
+    assert float(two) == pytest.approx((0.126928 + math.log(2)) / 2, abs=1e-5)
+    masked = bpr_loss(torch.tensor([2.0, 0.0]), torch.tensor([0.0, 1.0]), mask=torch.tensor([True, False]))
+    assert float(masked) == pytest.approx(0.126928, abs=1e-5)
+
+
+def test_softmax_loss_hand_values():
+    # logits [1, 2, 3], target 0: logsumexp = 3.407606; loss = 3.407606 - 1 = 2.407606
+    got = softmax_loss(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([0]))
+    assert float(got) == pytest.approx(2.407606, abs=1e-5)
+
+
+def test_sampled_softmax_equals_full_softmax_over_the_same_items():
+    logits = torch.tensor([[1.0, 2.0, 3.0]])
+    got = sampled_softmax_loss(logits[:, 0], logits[:, 1:])
+    assert float(got) == pytest.approx(2.407606, abs=1e-5)
+
+
+def test_sampled_softmax_logq_and_accidental_hits():
+    # log q: positive 0, negatives [log 2, 0] -> corrected logits [1, 2 - log 2, 3]
+    pos, neg = torch.tensor([1.0]), torch.tensor([[2.0, 3.0]])
+    got = sampled_softmax_loss(pos, neg, pos_log_q=torch.tensor([0.0]),
+                               neg_log_q=torch.tensor([math.log(2.0), 0.0]))
+    expected = math.log(math.e ** 1 + math.e ** 2 / 2 + math.e ** 3) - 1.0
+    assert float(got) == pytest.approx(expected, abs=1e-5)
+    # the second negative is an accidental hit: only [1, 2] remain -> log(e + e^2) - 1 = 1.313262
+    hit = sampled_softmax_loss(pos, neg, accidental=torch.tensor([[False, True]]))
+    assert float(hit) == pytest.approx(1.313262, abs=1e-5)
+    # shared (M,) negatives broadcast over the batch
+    shared = sampled_softmax_loss(torch.tensor([1.0, 1.0]), torch.tensor([2.0, 3.0]))
+    assert float(shared) == pytest.approx(2.407606, abs=1e-5)
+
+
+def test_fit_epochs_restores_best_and_stops_on_patience():
+    state = {"w": 0}
+    scores = iter([0.1, 0.5, 0.4, 0.3, 0.2, 0.9])
+
+    def run_epoch(epoch: int) -> float:
+        state["w"] = epoch
+        return 1.0 / epoch
+
+    hist = fit_epochs(run_epoch, stopping=EarlyStopping(epochs=10, patience=3), validate=lambda: next(scores),
+                      snapshot=lambda: dict(state), restore=lambda s: state.update(s))
+    assert [e["epoch"] for e in hist.epochs] == [1, 2, 3, 4, 5]  # 3 evaluations without a new best
+    assert hist.best_epoch == 2 and hist.best_valid == 0.5 and state["w"] == 2
+
+
+def test_fit_epochs_without_validation_runs_all_epochs_and_eval_every():
+    calls = []
+    hist = fit_epochs(lambda e: 0.0, stopping=EarlyStopping(epochs=5, eval_every=2), validate=lambda: calls.append(1) or 0.0,
+                      snapshot=dict, restore=lambda s: None)
+    assert len(calls) == 3  # epochs 2, 4 and the last
+    hist = fit_epochs(lambda e: 0.0, stopping=EarlyStopping(epochs=4), validate=None, snapshot=dict,
+                      restore=lambda s: None)
+    assert hist.best_epoch == 4 and math.isnan(hist.best_valid)
+    with pytest.raises(ConfigError, match="patience must be at least 1"):
+        EarlyStopping(patience=0)

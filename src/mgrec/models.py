@@ -16,6 +16,7 @@ MODELS: dict[str, str] = {
     "itemknn": "mgrec.baselines.itemknn:ItemKNN",
     "ease": "mgrec.baselines.ease:EASE",
     "bprmf": "mgrec.baselines.bprmf:BPRMF",
+    "multivae": "mgrec.baselines.multivae:MultiVAE",
 }
 
 

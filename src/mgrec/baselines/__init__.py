@@ -17,7 +17,7 @@ import numpy as np
 
 from mgrec.errors import ConfigError
 
-__all__ = ["Pop", "ItemKNN", "EASE", "BPRMF", "check_users", "check_fitted"]
+__all__ = ["Pop", "ItemKNN", "EASE", "BPRMF", "MultiVAE", "check_users", "check_fitted"]
 
 _LAZY = {
     "Pop": "mgrec.baselines.pop",
@@ -28,6 +28,8 @@ _LAZY = {
     "EASEConfig": "mgrec.baselines.ease",
     "BPRMF": "mgrec.baselines.bprmf",
     "BPRMFConfig": "mgrec.baselines.bprmf",
+    "MultiVAE": "mgrec.baselines.multivae",
+    "MultiVAEConfig": "mgrec.baselines.multivae",
 }
 
 

@@ -17,6 +17,8 @@ MODELS: dict[str, str] = {
     "ease": "mgrec.baselines.ease:EASE",
     "bprmf": "mgrec.baselines.bprmf:BPRMF",
     "multivae": "mgrec.baselines.multivae:MultiVAE",
+    "lightgcn": "mgrec.baselines.lightgcn:LightGCN",
+    "sasrec": "mgrec.baselines.sasrec:SASRec",
 }
 
 

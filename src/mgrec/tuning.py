@@ -85,6 +85,8 @@ DEFAULT_GRIDS: dict[str, dict[str, list[Any]]] = {
     "ease": {"reg": [10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0, 5000.0]},
     "bprmf": {"lr": [1e-3, 2e-3, 5e-3, 1e-2], "reg": [0.0, 1e-5, 3e-5]},
     "multivae": {"latent": [64, 200], "total_anneal_steps": [2000, 20000, 200000]},
+    "lightgcn": {"lr": [2e-3, 5e-3, 1e-2], "reg_weight": [1e-4, 1e-3]},
+    "sasrec": {"dropout": [0.2, 0.5], "max_len": [50, 200]},
 }
 
 

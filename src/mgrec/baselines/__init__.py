@@ -17,7 +17,7 @@ import numpy as np
 
 from mgrec.errors import ConfigError
 
-__all__ = ["Pop", "ItemKNN", "EASE", "BPRMF", "MultiVAE", "check_users", "check_fitted"]
+__all__ = ["Pop", "ItemKNN", "EASE", "BPRMF", "MultiVAE", "LightGCN", "SASRec", "check_users", "check_fitted"]
 
 _LAZY = {
     "Pop": "mgrec.baselines.pop",
@@ -30,6 +30,10 @@ _LAZY = {
     "BPRMFConfig": "mgrec.baselines.bprmf",
     "MultiVAE": "mgrec.baselines.multivae",
     "MultiVAEConfig": "mgrec.baselines.multivae",
+    "LightGCN": "mgrec.baselines.lightgcn",
+    "LightGCNConfig": "mgrec.baselines.lightgcn",
+    "SASRec": "mgrec.baselines.sasrec",
+    "SASRecConfig": "mgrec.baselines.sasrec",
 }
 
 

@@ -51,7 +51,7 @@ def test_search_space_grid_and_base():
     assert SearchSpace({}).configs() == [{}]
     with pytest.raises(ConfigError, match="non-empty list"):
         SearchSpace({"k": []})
-    assert set(DEFAULT_GRIDS) == {"pop", "itemknn", "ease", "bprmf", "multivae", "lightgcn", "sasrec"}
+    assert set(DEFAULT_GRIDS) == {"pop", "itemknn", "ease", "bprmf", "multivae", "lightgcn", "sasrec", "mgr"}
 
 
 def test_tune_picks_best_valid_config_without_touching_test():

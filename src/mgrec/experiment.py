@@ -98,6 +98,7 @@ def prepare(cfg: ExperimentConfig) -> tuple[Dataset, Split]:
     pre = cfg.preprocess if cfg.preprocess is not None else default_preprocess(cfg.dataset)
     data = preprocess(raw, pre)
     split = make_split(data, cfg.split, seed=cfg.seed)
+    data.meta["split_protocol"] = cfg.split  # sequence-aware models read how the split was cut
     return data, split
 
 

@@ -19,6 +19,7 @@ MODELS: dict[str, str] = {
     "multivae": "mgrec.baselines.multivae:MultiVAE",
     "lightgcn": "mgrec.baselines.lightgcn:LightGCN",
     "sasrec": "mgrec.baselines.sasrec:SASRec",
+    "mgr": "mgrec.mgr:MGR",
 }
 
 

@@ -1,0 +1,204 @@
+"""Granularity encoders of the fused model and the small building blocks they share.
+
+The encoder classes live in submodules and are imported lazily (``mgrec.encoders.ItemTower``
+works, but importing :mod:`mgrec.encoders` stays cheap and cycle-free, so the submodules can
+import the helpers defined here):
+
+* :class:`~mgrec.encoders.item.ItemTower` (``q_v``) and
+  :class:`~mgrec.encoders.item.ItemContentEncoder` (granularity ``item``),
+* :class:`~mgrec.encoders.user.UserEncoder` (``user``),
+* :class:`~mgrec.encoders.behavior.BehaviorEncoder` (``behavior``),
+* :class:`~mgrec.encoders.social.SocialEncoder` (``social``),
+* :class:`~mgrec.encoders.time.TimeEncoder` (``time``).
+
+Randomness. Nothing here draws from torch's global generator when told not to:
+:func:`init_module` (re)initialises every parameter from an explicit ``torch.Generator``, and
+the training-time noise (dropout, id dropout) comes from the ``generator`` attribute of the
+modules that draw it (:class:`GenDropout`, the item tower and the user encoder), which
+:func:`set_generator` sets on a whole module tree. Where that attribute is ``None`` they fall
+back to the global generator.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "N_TIME_BUCKETS",
+    "BehaviorEncoder",
+    "GenDropout",
+    "ItemContentEncoder",
+    "ItemTower",
+    "SocialEncoder",
+    "TimeEncoder",
+    "UserEncoder",
+    "bernoulli_keep",
+    "init_module",
+    "masked_softmax",
+    "set_generator",
+    "time_buckets",
+]
+
+_LAZY = {
+    "ItemTower": "mgrec.encoders.item",
+    "ItemContentEncoder": "mgrec.encoders.item",
+    "UserEncoder": "mgrec.encoders.user",
+    "BehaviorEncoder": "mgrec.encoders.behavior",
+    "SocialEncoder": "mgrec.encoders.social",
+    "TimeEncoder": "mgrec.encoders.time",
+}
+
+#: Log2 time-gap buckets: 0 = unknown, ``1 + floor(log2(1 + seconds))`` capped at the last.
+N_TIME_BUCKETS = 34
+
+#: The logit given to masked-out entries: ``exp`` of it underflows to exactly 0.
+_MASKED = -1e30
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mgrec.encoders' has no attribute {name!r}")
+
+
+def masked_softmax(logits: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Softmax over the entries where ``mask`` is True; masked entries get exactly 0.
+
+    A slice with no True entry gives all zeros (not NaN), and gradients stay finite.
+
+    Args:
+        logits: any float tensor.
+        mask: bool tensor broadcastable to ``logits``.
+        dim: the dimension to normalise over.
+
+    Returns:
+        Weights of the shape of ``logits``.
+    """
+    mask = mask.expand_as(logits)
+    w = torch.softmax(logits.masked_fill(~mask, _MASKED), dim=dim)
+    return w * mask.to(w.dtype)
+
+
+def time_buckets(seconds: torch.Tensor, n_buckets: int = N_TIME_BUCKETS) -> torch.Tensor:
+    """Log2 buckets of time gaps: ``1 + floor(log2(1 + s))`` capped at ``n_buckets - 1``.
+
+    Args:
+        seconds: gaps in seconds, any shape; negative or non-finite gaps are unknown.
+        n_buckets: the number of buckets including bucket 0 (unknown).
+
+    Returns:
+        ``int64`` bucket ids of the same shape; 0 marks an unknown gap.
+    """
+    s = seconds.to(torch.float64)
+    known = torch.isfinite(s) & (s >= 0)
+    b = torch.floor(torch.log2(1.0 + torch.where(known, s, torch.zeros_like(s)))) + 1
+    b = b.clamp(1, n_buckets - 1).to(torch.int64)
+    return torch.where(known, b, torch.zeros_like(b))
+
+
+class GenDropout(nn.Module):
+    """Inverted dropout whose mask comes from ``self.generator`` (an explicit generator).
+
+    Args:
+        p: the probability of zeroing an element.
+    """
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {p}")
+        self.p = float(p)
+        self.generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = bernoulli_keep(x.shape, 1.0 - self.p, self.generator, x.device)
+        return x * keep.to(x.dtype) / (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def bernoulli_keep(
+    shape: torch.Size | tuple[int, ...],
+    keep_prob: float,
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> torch.Tensor:
+    """A bool tensor of ``shape`` on ``device``, each entry True with probability ``keep_prob``.
+
+    Args:
+        shape: the output shape.
+        keep_prob: the probability of True.
+        generator: the source of randomness (``None``: torch's global generator).
+        device: where the result lives (drawn on the generator's device, then moved).
+
+    Returns:
+        The mask.
+    """
+    gen_device = generator.device if generator is not None else device
+    u = torch.rand(tuple(shape), generator=generator, device=gen_device)
+    return (u < keep_prob).to(device)
+
+
+def set_generator(module: nn.Module, generator: torch.Generator | None) -> None:
+    """Point every submodule that draws training noise at ``generator``.
+
+    Args:
+        module: the root of the module tree.
+        generator: the generator to draw from, or ``None`` for torch's global one.
+    """
+    for m in module.modules():
+        if hasattr(m, "generator"):
+            m.generator = generator
+
+
+@torch.no_grad()
+def init_module(module: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Re-initialise every parameter of ``module`` from ``generator`` (no global RNG).
+
+    Embeddings get ``N(0, 1/dim)`` rows (their padding row, if any, zero), linear layers
+    Xavier-uniform weights and zero biases, layer norms ones and zeros; any other parameter
+    (e.g. fusion logits) starts at zero unless its module defines
+    ``reset_with(generator)``, which is then called instead. Modules are visited in
+    registration order, so the same generator state gives the same weights.
+
+    Args:
+        module: the root of the module tree.
+        generator: a CPU ``torch.Generator`` (seeded by the caller).
+
+    Returns:
+        ``module``, for chaining.
+    """
+    for m in module.modules():
+        if hasattr(m, "reset_with") and callable(m.reset_with):
+            m.reset_with(generator)
+        elif isinstance(m, nn.Embedding):
+            _copy(m.weight, torch.randn(m.weight.shape, generator=generator) / math.sqrt(m.embedding_dim))
+            if m.padding_idx is not None:
+                m.weight[m.padding_idx].zero_()
+        elif isinstance(m, nn.Linear):
+            fan_out, fan_in = m.weight.shape
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
+            _copy(m.weight, (torch.rand(m.weight.shape, generator=generator) * 2 - 1) * bound)
+            if m.bias is not None:
+                m.bias.zero_()
+        elif isinstance(m, nn.LayerNorm):
+            if m.weight is not None:
+                m.weight.fill_(1.0)
+            if m.bias is not None:
+                m.bias.zero_()
+        else:
+            for p in m.parameters(recurse=False):
+                p.zero_()
+    return module
+
+
+def _copy(dst: torch.Tensor, src: torch.Tensor) -> None:
+    dst.copy_(src.to(device=dst.device, dtype=dst.dtype))

@@ -1,0 +1,207 @@
+"""Granularity ``behavior``: what the user has been doing, from their recent history.
+
+The input vectors are the item tower's own vectors of the history items (tied with the
+output side, as in SASRec), optionally scaled by a learned gate on the event strength
+(``sigmoid(a * log1p(weight) + b)``: a 5-star rating or a long listening streak can count
+more than a 1-star one).
+
+* ``mode="sequence"`` (time-ordered data): a SASRec-style causal transformer (Kang & McAuley,
+  ICDM 2018) with learned positions counted from the most recent event, plus two log2
+  time-gap embeddings per event: the gap since the previous event and the event's age at
+  request time (``batch.time``). The output is the latest event's position.
+* ``mode="set"`` (unordered data, e.g. a random split): an order-free attention-pooled set
+  encoder with a residual feed-forward layer; no positions, no times.
+
+Padding never changes the output: padded positions are zeroed, masked out as keys, and
+positions are counted from the end, so extra left padding is invisible.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from mgrec.encoders import N_TIME_BUCKETS, GenDropout, masked_softmax, time_buckets
+from mgrec.encoders.base import Batch
+from mgrec.encoders.item import ItemTower
+from mgrec.errors import ConfigError
+
+__all__ = ["BEHAVIOR_MODES", "BehaviorEncoder"]
+
+#: The two ways of reading a history.
+BEHAVIOR_MODES = ("sequence", "set")
+
+
+class _FeedForward(nn.Module):
+    """Pre-norm position-wise feed-forward sublayer (residual added by the caller)."""
+
+    def __init__(self, dim: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.net = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), GenDropout(dropout), nn.Linear(dim, dim))
+        self.drop = GenDropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.net(self.norm(x)))
+
+
+class _CausalBlock(nn.Module):
+    """Pre-norm transformer block: masked multi-head self-attention + feed-forward."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim = n_heads, dim // n_heads
+        self.norm = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+        self.drop = GenDropout(dropout)
+        self.ff = _FeedForward(dim, dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``x`` ``(B, L, D)``; ``mask`` ``(B, 1, L, L)`` bool, True where query may see key."""
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.norm(x)).view(b, n, 3, self.n_heads, self.head_dim).unbind(dim=2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, dh)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
+        # (no dropout on the attention weights: drawing a (B, H, L, L) mask from a CPU
+        # generator costs more than the rest of the block)
+        att = masked_softmax(scores, mask)
+        h = (att @ v).transpose(1, 2).reshape(b, n, d)
+        x = x + self.drop(self.out(h))
+        return x + self.ff(x)
+
+
+class BehaviorEncoder(nn.Module):
+    """The user's recent behaviour as one vector.
+
+    Args:
+        tower: the shared item tower (held by reference, not registered as a submodule).
+        dim: the output size ``D``.
+        mode: ``"sequence"`` (causal transformer) or ``"set"`` (order-free pooling).
+        max_len: the most recent events used (and the number of learned positions).
+        n_blocks: transformer blocks (sequence mode).
+        n_heads: attention heads; must divide ``dim`` (sequence mode).
+        dropout: dropout rate on the inputs and on every sublayer's output.
+        weight_gate: scale each input vector by a learned gate on its event strength.
+        n_time_buckets: log2 time-gap buckets, including bucket 0 for unknown gaps.
+
+    Raises:
+        ConfigError: for an unknown mode or inconsistent sizes.
+    """
+
+    granularity = "behavior"
+
+    def __init__(
+        self,
+        tower: ItemTower,
+        dim: int,
+        *,
+        mode: str = "sequence",
+        max_len: int = 50,
+        n_blocks: int = 2,
+        n_heads: int = 2,
+        dropout: float = 0.2,
+        weight_gate: bool = True,
+        n_time_buckets: int = N_TIME_BUCKETS,
+    ) -> None:
+        super().__init__()
+        if mode not in BEHAVIOR_MODES:
+            raise ConfigError(f"behavior mode must be one of {BEHAVIOR_MODES}, got {mode!r}")
+        if max_len < 1 or n_blocks < 0 or n_heads < 1 or dim % n_heads:
+            raise ConfigError(f"behavior encoder: need max_len >= 1, n_blocks >= 0 and n_heads "
+                              f"dividing dim; got {max_len}, {n_blocks}, {n_heads}, dim {dim}")
+        self._tower = (tower,)
+        self.out_dim, self.mode, self.max_len = int(dim), mode, int(max_len)
+        self.n_time_buckets = int(n_time_buckets)
+        self.in_proj = nn.Linear(tower.dim, dim, bias=False) if tower.dim != dim else nn.Identity()
+        self.gate = nn.Linear(1, 1) if weight_gate else None
+        self.in_drop = GenDropout(dropout)
+        if mode == "sequence":
+            self.positions = nn.Embedding(max_len, dim)
+            self.prev_gap = nn.Embedding(n_time_buckets, dim)
+            self.age = nn.Embedding(n_time_buckets, dim)
+            self.blocks = nn.ModuleList(_CausalBlock(dim, n_heads, dropout) for _ in range(n_blocks))
+            self.norm = nn.LayerNorm(dim)
+        else:
+            self.pool_key = nn.Linear(dim, dim)
+            self.pool_query = nn.Linear(dim, 1, bias=False)
+            self.ff = _FeedForward(dim, dropout)
+
+    @property
+    def tower(self) -> ItemTower:
+        return self._tower[0]
+
+    def shared_modules(self) -> dict[str, nn.Module]:
+        """Modules this encoder uses but does not own (the model registers them once)."""
+        return {"item_tower": self.tower}
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(vectors (B, D), present (B,) bool)``."""
+        x, valid = self._inputs(batch)
+        present = valid.any(dim=1)
+        if self.mode == "sequence":
+            states = self._states(x, valid, batch.hist_times[:, -self.max_len:], batch.time)
+            b, n, _ = states.shape
+            # the latest real event (the last column under the left-padding contract)
+            cols = torch.arange(n, device=x.device).expand(b, n)
+            last = torch.where(valid, cols, torch.zeros_like(cols)).max(dim=1).values
+            out = states[torch.arange(b, device=x.device), last]
+        else:
+            out = self._set(x, valid)
+        return out * present.unsqueeze(-1).to(out.dtype), present
+
+    def states(self, batch: Batch) -> torch.Tensor:
+        """Sequence mode: ``(B, L', D)`` states of the last ``L' = min(L, max_len)`` positions;
+        position ``i`` depends only on events ``<= i`` (and on ``batch.time`` through the
+        age embeddings); padded positions are zero.
+
+        Raises:
+            ConfigError: in set mode.
+        """
+        if self.mode != "sequence":
+            raise ConfigError("states() needs the sequence mode")
+        x, valid = self._inputs(batch)
+        states = self._states(x, valid, batch.hist_times[:, -self.max_len:], batch.time)
+        return states * valid.unsqueeze(-1).to(states.dtype)
+
+    def _inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gated input vectors ``(B, L', D)`` of the last ``max_len`` events and their mask."""
+        hist = batch.hist_items[:, -self.max_len:]
+        valid = hist != self.tower.n_items
+        x = self.in_proj(self.tower(hist))
+        if self.gate is not None:
+            strength = torch.log1p(batch.hist_weights[:, -self.max_len:].clamp(min=0.0))
+            x = x * torch.sigmoid(self.gate(strength.unsqueeze(-1)))
+        return x, valid
+
+    def _states(
+        self, x: torch.Tensor, valid: torch.Tensor, times: torch.Tensor, now: torch.Tensor
+    ) -> torch.Tensor:
+        n = x.shape[1]
+        pos = torch.arange(self.max_len - n, self.max_len, device=x.device)
+        t = times.to(torch.float64)
+        nan = torch.full_like(t, float("nan"))
+        prev_ok = torch.zeros_like(valid)
+        prev_ok[:, 1:] = valid[:, 1:] & valid[:, :-1]
+        gap = torch.cat([nan[:, :1], t[:, 1:] - t[:, :-1]], dim=1)
+        gap = torch.where(prev_ok, gap, nan)
+        age = torch.where(valid, now.to(torch.float64).unsqueeze(1) - t, nan)
+        x = x + self.positions(pos) + self.prev_gap(time_buckets(gap, self.n_time_buckets)) \
+            + self.age(time_buckets(age, self.n_time_buckets))
+        keep = valid.unsqueeze(-1).to(x.dtype)
+        x = self.in_drop(x) * keep
+        causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+        mask = (causal.unsqueeze(0) & valid.unsqueeze(1)).unsqueeze(1)  # (B, 1, Lq, Lk)
+        for block in self.blocks:
+            x = block(x, mask) * keep
+        return self.norm(x)
+
+    def _set(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        x = self.in_drop(x) * valid.unsqueeze(-1).to(x.dtype)
+        logits = self.pool_query(torch.tanh(self.pool_key(x))).squeeze(-1)
+        w = masked_softmax(logits, valid)
+        pooled = (w.unsqueeze(-1) * x).sum(dim=1)
+        return pooled + self.ff(pooled)
+

@@ -1,0 +1,330 @@
+"""The item tower (``q_v``) and the user's content taste (granularity ``item``).
+
+:class:`ItemTower` represents item ``v`` as ``q_v = id_v + content_v``: a free id embedding
+plus a projection of the item's side data (categorical labels, bags of tags/words, numeric
+attributes and time statistics such as popularity and age). During training each item's id
+part is dropped with probability ``id_dropout``, so the content part alone has to carry the
+item, which is what ranks a brand-new item (:meth:`ItemTower.vectors_for_features`).
+
+:class:`ItemContentEncoder` summarises what a user's history looks like in content space:
+the (event-strength weighted) mean of the content vectors of the items the user touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mgrec.encoders import bernoulli_keep
+from mgrec.encoders.base import Batch
+
+__all__ = ["ItemContentEncoder", "ItemTower"]
+
+#: The item-data buffers (all carry one trailing all-zero row for the padding item).
+_DATA_BUFFERS = ("item_cat", "item_num", "item_bag_idx", "item_bag_w", "item_time")
+
+
+class ItemTower(nn.Module):
+    """Item vectors ``q_v`` = id embedding + content projection.
+
+    The item side data lives in buffers (set with :meth:`set_item_data`; saved in the
+    ``state_dict``, whose bag width may differ from the module's on load). Row ``n_items`` of
+    every table and buffer is the padding item, whose vector is exactly zero.
+
+    Args:
+        n_items: the catalogue size.
+        dim: the vector size ``D``.
+        cat_cardinalities: per categorical feature, the number of known labels ``V`` (codes
+            ``1..V``; 0 = missing). A table of ``V + 1`` rows is made, so passing ``V + 1``
+            (e.g. :meth:`EncodedFeatures.cardinality`) is also safe.
+        n_numeric: the number of numeric columns (e.g. value and missing indicator pairs).
+        n_bag_tokens: the number of bag tokens (codes ``1..n``; 0 = padding).
+        n_time_features: the number of item time statistics (0 = none).
+        id_dropout: training-time probability of dropping an item's id part.
+        use_content: whether the content part is used at all (False: ids only).
+    """
+
+    def __init__(
+        self,
+        n_items: int,
+        dim: int,
+        *,
+        cat_cardinalities: Sequence[int],
+        n_numeric: int,
+        n_bag_tokens: int,
+        n_time_features: int = 0,
+        id_dropout: float = 0.0,
+        use_content: bool = True,
+    ) -> None:
+        super().__init__()
+        if n_items < 1 or dim < 1:
+            raise ValueError(f"n_items and dim must be positive, got {n_items}, {dim}")
+        if not 0.0 <= id_dropout < 1.0:
+            raise ValueError(f"id_dropout must lie in [0, 1), got {id_dropout}")
+        self.n_items, self.dim = int(n_items), int(dim)
+        self.id_dropout = float(id_dropout)
+        self.use_content = bool(use_content)
+        self.n_cat = len(cat_cardinalities)
+        self.n_numeric, self.n_bag_tokens = int(n_numeric), int(n_bag_tokens)
+        self.n_time_features = int(n_time_features)
+        self.generator: torch.Generator | None = None
+        self._content_cache: torch.Tensor | None = None
+        self.id_embedding = nn.Embedding(n_items + 1, dim, padding_idx=n_items)
+        self.cat_embeddings = nn.ModuleList(
+            nn.Embedding(int(c) + 1, dim, padding_idx=0) for c in cat_cardinalities
+        ) if use_content else nn.ModuleList()
+        self.bag_embedding = (nn.Embedding(self.n_bag_tokens + 1, dim, padding_idx=0)
+                              if use_content and self.n_bag_tokens > 0 else None)
+        self.num_proj = (nn.Linear(self.n_numeric, dim, bias=False)
+                         if use_content and self.n_numeric > 0 else None)
+        self.time_proj = (nn.Linear(self.n_time_features, dim, bias=False)
+                          if use_content and self.n_time_features > 0 else None)
+        rows = n_items + 1
+        self.register_buffer("item_cat", torch.zeros(rows, self.n_cat, dtype=torch.int64))
+        self.register_buffer("item_num", torch.zeros(rows, self.n_numeric))
+        self.register_buffer("item_bag_idx", torch.zeros(rows, 0, dtype=torch.int64))
+        self.register_buffer("item_bag_w", torch.zeros(rows, 0))
+        self.register_buffer("item_time", torch.zeros(rows, self.n_time_features))
+
+    # ------------------------------------------------------------------ data
+    def set_item_data(
+        self,
+        cat: torch.Tensor,
+        num: torch.Tensor,
+        bag_idx: torch.Tensor,
+        bag_w: torch.Tensor,
+        time_feats: torch.Tensor | None = None,
+    ) -> None:
+        """Store the side data of the ``n_items`` items (a zero padding row is appended).
+
+        Args:
+            cat: ``(N, Fc)`` int64 categorical codes (0 = missing).
+            num: ``(N, Fn)`` float numeric features.
+            bag_idx: ``(N, Tb)`` int64 bag token codes, padded with 0.
+            bag_w: ``(N, Tb)`` float token weights (0 where padded).
+            time_feats: ``(N, Ft)`` float item time statistics, or ``None`` for zeros.
+
+        Raises:
+            ValueError: for shapes that do not match the tower or codes out of range.
+        """
+        n = self.n_items
+        if time_feats is None:
+            time_feats = torch.zeros(n, self.n_time_features)
+        cat, num, bag_idx, bag_w, time_feats = self._check_features(
+            cat, num, bag_idx, bag_w, time_feats, n_rows=n)
+        device = self.item_cat.device
+        for name, value in zip(_DATA_BUFFERS, (cat, num, bag_idx, bag_w, time_feats), strict=True):
+            pad = torch.zeros(1, *value.shape[1:], dtype=value.dtype)
+            setattr(self, name, torch.cat([value.cpu(), pad]).to(device))
+
+    def _check_features(
+        self,
+        cat: torch.Tensor,
+        num: torch.Tensor,
+        bag_idx: torch.Tensor,
+        bag_w: torch.Tensor,
+        time_feats: torch.Tensor,
+        *,
+        n_rows: int | None,
+    ) -> tuple[torch.Tensor, ...]:
+        """Validate feature tensors and cast them to int64/float32."""
+        cat, bag_idx = torch.as_tensor(cat, dtype=torch.int64), torch.as_tensor(bag_idx, dtype=torch.int64)
+        num, bag_w = torch.as_tensor(num, dtype=torch.float32), torch.as_tensor(bag_w, dtype=torch.float32)
+        time_feats = torch.as_tensor(time_feats, dtype=torch.float32)
+        n = cat.shape[0] if n_rows is None else n_rows
+        expect = {"cat": (cat, self.n_cat), "num": (num, self.n_numeric),
+                  "time_feats": (time_feats, self.n_time_features)}
+        for name, (t, width) in expect.items():
+            if t.dim() != 2 or tuple(t.shape) != (n, width):
+                raise ValueError(f"{name} has shape {tuple(t.shape)}, expected ({n}, {width})")
+        if bag_idx.dim() != 2 or bag_idx.shape[0] != n or bag_w.shape != bag_idx.shape:
+            raise ValueError(f"bag_idx {tuple(bag_idx.shape)} and bag_w {tuple(bag_w.shape)} "
+                             f"must both be ({n}, Tb)")
+        for f in range(self.n_cat):
+            hi = self.cat_embeddings[f].num_embeddings - 1 if self.use_content else None
+            col = cat[:, f]
+            if len(col) and (col.min() < 0 or (hi is not None and col.max() > hi)):
+                raise ValueError(f"categorical feature {f}: codes must lie in 0..{hi}")
+        if bag_idx.numel() and (bag_idx.min() < 0 or bag_idx.max() > self.n_bag_tokens):
+            raise ValueError(f"bag token codes must lie in 0..{self.n_bag_tokens}")
+        return cat, num, bag_idx, bag_w, time_feats
+
+    def _load_from_state_dict(
+        self, state_dict: Mapping[str, Any], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # The item data may have another bag width than this freshly built module: adopt it.
+        for name in _DATA_BUFFERS:
+            value = state_dict.get(prefix + name)
+            mine = getattr(self, name)
+            if value is not None and tuple(value.shape) != tuple(mine.shape):
+                setattr(self, name, torch.zeros(value.shape, dtype=mine.dtype, device=mine.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    # ------------------------------------------------------------------ vectors
+    def forward(
+        self, items: torch.Tensor | None = None, *, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Item vectors: id embedding (dropped per occurrence while training) + content.
+
+        Args:
+            items: int64 item codes of any shape (``n_items`` = padding, a zero vector);
+                ``None`` for the whole catalogue ``0..n_items-1``.
+            generator: draws the id dropout (default: ``self.generator``).
+
+        Returns:
+            ``items.shape + (D,)`` float vectors (``(n_items, D)`` for ``None``).
+        """
+        idx = self._index(items)
+        vec = self.id_embedding(idx)
+        if self.training and self.id_dropout > 0.0:
+            gen = generator if generator is not None else self.generator
+            keep = bernoulli_keep(idx.shape, 1.0 - self.id_dropout, gen, idx.device)
+            vec = vec * keep.unsqueeze(-1).to(vec.dtype)
+        if self.use_content:
+            vec = vec + self.content(idx)
+        return vec
+
+    def content(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """The content-only part of the item vectors (zeros when ``use_content`` is False).
+
+        Args:
+            items: int64 item codes of any shape, or ``None`` for the whole catalogue.
+
+        Returns:
+            ``items.shape + (D,)`` float vectors.
+        """
+        idx = self._index(items)
+        if not self.use_content:
+            return self.id_embedding.weight.new_zeros(*idx.shape, self.dim)
+        if self._content_cache is not None:
+            return self._content_cache[idx]
+        flat = idx.reshape(-1)
+        if flat.numel() > self.n_items:  # cheaper to encode every item once and gather
+            return self._encode_rows(None)[idx]
+        return self._encode_rows(flat).reshape(*idx.shape, self.dim)
+
+    @contextmanager
+    def shared_content(self) -> Iterator[None]:
+        """Within the block, every content lookup gathers from one table of all items' content
+        vectors, computed once (the same values and gradients, less work when the item tower is
+        used several times in one step: history, friends' items, the catalogue)."""
+        outer = self._content_cache is not None
+        if self.use_content and not outer:
+            self._content_cache = self._encode_rows(None)
+        try:
+            yield
+        finally:
+            if not outer:
+                self._content_cache = None
+
+    def _encode_rows(self, rows: torch.Tensor | None) -> torch.Tensor:
+        """Content vectors of the buffer rows ``rows`` (``None``: all rows, padding included)."""
+        if rows is None:
+            return self._encode(self.item_cat, self.item_num, self.item_bag_idx, self.item_bag_w,
+                                self.item_time)
+        return self._encode(self.item_cat[rows], self.item_num[rows], self.item_bag_idx[rows],
+                            self.item_bag_w[rows], self.item_time[rows])
+
+    def vectors_for_features(
+        self,
+        cat: torch.Tensor,
+        num: torch.Tensor,
+        bag_idx: torch.Tensor,
+        bag_w: torch.Tensor,
+        time_feats: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Content-only vectors of NEW items (cold start), from their encoded side data.
+
+        Args:
+            cat: ``(n, Fc)`` int64 categorical codes (0 = missing/unknown).
+            num: ``(n, Fn)`` float numeric features.
+            bag_idx: ``(n, Tb)`` int64 bag token codes (0 = padding); ``bag_w`` their weights.
+            bag_w: ``(n, Tb)`` float token weights.
+            time_feats: ``(n, Ft)`` item time statistics, or ``None`` (zeros: the average
+                item, as the statistics are standardised).
+
+        Returns:
+            ``(n, D)`` float vectors (zeros when ``use_content`` is False).
+        """
+        n = int(torch.as_tensor(cat).shape[0])
+        if time_feats is None:
+            time_feats = torch.zeros(n, self.n_time_features)
+        tensors = self._check_features(cat, num, bag_idx, bag_w, time_feats, n_rows=n)
+        device = self.id_embedding.weight.device
+        if not self.use_content:
+            return torch.zeros(n, self.dim, device=device)
+        return self._encode(*(t.to(device) for t in tensors))
+
+    def _index(self, items: torch.Tensor | None) -> torch.Tensor:
+        if items is None:
+            return torch.arange(self.n_items, device=self.id_embedding.weight.device)
+        return items
+
+    def _encode(
+        self,
+        cat: torch.Tensor,
+        num: torch.Tensor,
+        bag_idx: torch.Tensor,
+        bag_w: torch.Tensor,
+        time_feats: torch.Tensor,
+    ) -> torch.Tensor:
+        """Content vectors ``(n, D)`` of flat feature rows."""
+        out = self.id_embedding.weight.new_zeros(cat.shape[0], self.dim)
+        for f, emb in enumerate(self.cat_embeddings):
+            out = out + emb(cat[:, f])
+        if self.bag_embedding is not None and bag_idx.shape[1] > 0:
+            out = out + F.embedding_bag(bag_idx, self.bag_embedding.weight, mode="sum",
+                                        per_sample_weights=bag_w, padding_idx=0)
+        if self.num_proj is not None:
+            out = out + self.num_proj(num)
+        if self.time_proj is not None:
+            out = out + self.time_proj(time_feats)
+        return out
+
+
+class ItemContentEncoder(nn.Module):
+    """Granularity ``item``: the user's taste in content space.
+
+    The weighted mean of the tower's content vectors over the history (weights = event
+    strengths ``hist_weights``; uniform when all of a row's strengths are zero; padding
+    ignored), through a linear layer. Present when the row has history and the tower uses
+    content.
+
+    Args:
+        tower: the shared item tower (held by reference, not registered as a submodule, so
+            its parameters appear once, under the model that owns the tower).
+        dim: the output size ``D``.
+    """
+
+    granularity = "item"
+
+    def __init__(self, tower: ItemTower, dim: int) -> None:
+        super().__init__()
+        self._tower = (tower,)
+        self.out_dim = int(dim)
+        self.proj = nn.Linear(tower.dim, dim)
+
+    @property
+    def tower(self) -> ItemTower:
+        return self._tower[0]
+
+    def shared_modules(self) -> dict[str, nn.Module]:
+        """Modules this encoder uses but does not own (the model registers them once)."""
+        return {"item_tower": self.tower}
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(vectors (B, D), present (B,) bool)``."""
+        hist = batch.hist_items
+        valid = hist != self.tower.n_items
+        w = torch.where(valid, batch.hist_weights.clamp(min=0.0), torch.zeros_like(batch.hist_weights))
+        no_strength = w.sum(dim=1, keepdim=True) <= 0
+        w = torch.where(no_strength, valid.to(w.dtype), w)
+        w = w / w.sum(dim=1, keepdim=True).clamp(min=1e-12)
+        taste = (self.tower.content(hist) * w.unsqueeze(-1)).sum(dim=1)
+        present = valid.any(dim=1) & self.tower.use_content
+        return self.proj(taste) * present.unsqueeze(-1).to(taste.dtype), present

@@ -1,0 +1,143 @@
+"""Granularity ``social``: what the user's friends are into.
+
+Each friend ``f`` is represented by ``r_f = e_f + mean(q_v for v in f's recent items)``
+(``e`` = the user id table shared with :class:`~mgrec.encoders.user.UserEncoder`, ``q`` = the
+item tower). The user's own id vector attends over the present friends (masked softmax;
+a cold user has a zero id vector, i.e. a plain mean of the friends). A second term reaches
+friends of friends: row ``u`` of ``Â^hops E`` with ``Â = D_r^{-1/2} A D_c^{-1/2}`` the
+normalised adjacency and ``E`` the id table, computed on the fly for the batch's rows only
+(sparse products, no cache, so gradients reach ``E``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from mgrec.encoders import masked_softmax
+from mgrec.encoders.base import Batch
+from mgrec.encoders.item import ItemTower
+
+__all__ = ["SocialEncoder", "normalized_adjacency"]
+
+
+def normalized_adjacency(adjacency: sp.spmatrix, n_users: int) -> sp.csr_matrix:
+    """``D_r^{-1/2} A D_c^{-1/2}`` over the positive entries of ``adjacency``.
+
+    Args:
+        adjacency: ``(n_users, n_users)`` sparse matrix (directed or symmetric, weighted or
+            binary; non-positive entries are dropped).
+        n_users: the expected size.
+
+    Returns:
+        A ``float32`` CSR matrix; rows and columns without links stay empty.
+
+    Raises:
+        ValueError: for a matrix of another shape.
+    """
+    if adjacency.shape != (n_users, n_users):
+        raise ValueError(f"adjacency has shape {adjacency.shape}, expected ({n_users}, {n_users})")
+    a = sp.csr_matrix(adjacency, dtype=np.float32)
+    a.data = np.where(a.data > 0, a.data, 0).astype(np.float32)
+    a.eliminate_zeros()
+    rows = np.asarray(a.sum(axis=1)).ravel()
+    cols = np.asarray(a.sum(axis=0)).ravel()
+    r = np.where(rows > 0, 1.0 / np.sqrt(np.maximum(rows, 1e-12)), 0.0).astype(np.float32)
+    c = np.where(cols > 0, 1.0 / np.sqrt(np.maximum(cols, 1e-12)), 0.0).astype(np.float32)
+    out = sp.csr_matrix(sp.diags(r) @ a @ sp.diags(c), dtype=np.float32)
+    out.sort_indices()
+    return out
+
+
+class SocialEncoder(nn.Module):
+    """Friends' influence as one vector.
+
+    Args:
+        user_table: the user id embedding (``n_users + 1`` rows, last = padding), shared with
+            the user encoder and held by reference (the model registers it once).
+        tower: the shared item tower, held by reference.
+        dim: the output size ``D``; ``user_table`` and ``tower`` must have the same width.
+        adjacency: ``(n_users, n_users)`` social links for the multi-hop term, or ``None``
+            to leave it out.
+        hops: the power of the normalised adjacency (0 leaves the term out).
+
+    Raises:
+        ValueError: for mismatched widths or adjacency shape.
+    """
+
+    granularity = "social"
+
+    def __init__(
+        self,
+        user_table: nn.Embedding,
+        tower: ItemTower,
+        dim: int,
+        *,
+        adjacency: sp.spmatrix | None,
+        hops: int = 2,
+    ) -> None:
+        super().__init__()
+        width = user_table.embedding_dim
+        if tower.dim != width:
+            raise ValueError(f"user table width {width} != item tower width {tower.dim}")
+        if hops < 0:
+            raise ValueError(f"hops must be >= 0, got {hops}")
+        self._refs = (user_table, tower)
+        self.n_users = user_table.num_embeddings - 1
+        self.out_dim, self.hops = int(dim), int(hops)
+        self.query = nn.Linear(width, width, bias=False)
+        self.key = nn.Linear(width, width, bias=False)
+        self.out = nn.Linear(width, dim)
+        use_hops = adjacency is not None and hops > 0
+        self._adj = normalized_adjacency(adjacency, self.n_users) if use_hops else None
+        self.hop_proj = nn.Linear(width, dim, bias=False) if use_hops else None
+
+    @property
+    def user_table(self) -> nn.Embedding:
+        return self._refs[0]
+
+    @property
+    def tower(self) -> ItemTower:
+        return self._refs[1]
+
+    def shared_modules(self) -> dict[str, nn.Module]:
+        """Modules this encoder uses but does not own (the model registers them once)."""
+        return {"user_table": self.user_table, "item_tower": self.tower}
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(vectors (B, D), present (B,) bool)``."""
+        friends, f_items = batch.friends, batch.friend_items
+        valid = friends != self.n_users
+        present = valid.any(dim=1)
+        item_ok = (f_items != self.tower.n_items).unsqueeze(-1)
+        item_vecs = self.tower(f_items) * item_ok.to(self.user_table.weight.dtype)
+        counts = item_ok.sum(dim=2).clamp(min=1).to(item_vecs.dtype)
+        reps = self.user_table(friends) + item_vecs.sum(dim=2) / counts  # (B, F, D)
+        me = self.user_table(batch.users)
+        logits = (self.key(reps) @ self.query(me).unsqueeze(-1)).squeeze(-1) / math.sqrt(reps.shape[-1])
+        w = masked_softmax(logits, valid)
+        vec = self.out((w.unsqueeze(-1) * reps).sum(dim=1))
+        if self._adj is not None and self.hop_proj is not None:
+            vec = vec + self.hop_proj(self._multi_hop(batch.users))
+        return vec * present.unsqueeze(-1).to(vec.dtype), present
+
+    def _multi_hop(self, users: torch.Tensor) -> torch.Tensor:
+        """Rows ``users`` of ``Â^hops E`` (zero for unknown users), ``(B, D)``."""
+        assert self._adj is not None
+        weight = self.user_table.weight
+        codes = users.detach().cpu().numpy()
+        known = codes < self.n_users
+        rows = self._adj[np.where(known, codes, 0)]
+        for _ in range(self.hops - 1):
+            rows = rows @ self._adj
+        rows = sp.coo_matrix(rows.multiply(known[:, None].astype(np.float32)))
+        index = torch.from_numpy(np.vstack([rows.row, rows.col]).astype(np.int64))
+        values = torch.from_numpy(rows.data.astype(np.float32))
+        mat = torch.sparse_coo_tensor(index, values, (len(codes), weight.shape[0]),
+                                      device=weight.device, dtype=weight.dtype,
+                                      check_invariants=False)
+        return torch.sparse.mm(mat, weight)

@@ -1,0 +1,362 @@
+"""``mgr``: the multi-granularity recommender, ``P(v | u, c) = softmax_v(q_v . p_{u,c})``.
+
+The facade around :class:`~mgrec.model.MGRNet`: it encodes features, builds the per-user
+context (:class:`~mgrec.batching.ContextBuilder`), trains with early stopping on validation
+NDCG@10, scores, explains (:meth:`MGR.explain`), and serves users and items the model has
+never seen (:meth:`MGR.recommend_context`, :meth:`MGR.add_items`).
+
+Training examples are the training interactions themselves. With ``behavior_mode="sequence"``
+the context of an event is the user's events strictly before it (time order) and friends'
+events before its time; with ``"set"`` it is the user's other training events (the target
+left out). ``"auto"`` picks ``sequence`` when the data has time and the split is time-ordered
+(``split_protocol`` ``loo``/``temporal``, else inferred from the validation times).
+
+All randomness (initialisation, shuffling, negatives, dropout, id dropout) comes from
+``torch.Generator`` objects seeded with ``seed``; the global generators are never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mgrec.baselines import check_fitted, check_users
+from mgrec.batching import ContextBuilder
+from mgrec.config import from_dict, to_dict
+from mgrec.data.dataset import Dataset
+from mgrec.data.features import EncodedFeatures, FeatureEncoder, encode_features
+from mgrec.data.split import PROTOCOLS
+from mgrec.encoders import set_generator
+from mgrec.encoders.base import GRANULARITIES
+from mgrec.errors import ConfigError
+from mgrec.feature_arrays import ItemArrays, build_item_arrays
+from mgrec.losses import LOSSES, bpr_loss, sampled_softmax_loss, softmax_loss
+from mgrec.mgr_build import build_net, net_spec
+from mgrec.mgr_serving import ServingMixin
+from mgrec.recommender import Recommender
+from mgrec.training import EarlyStopping, fit_epochs, torch_threads, validation_scorer
+
+__all__ = ["MGR", "MGRConfig"]
+
+logger = logging.getLogger(__name__)
+
+_FUSION_NAMES = ("weighted", "product", "deep", "gated")
+_STATE_VERSION = 1
+#: Users scored per forward pass in :meth:`MGR.score`.
+SCORE_CHUNK = 1024
+
+
+@dataclass
+class MGRConfig:
+    """Hyperparameters of the fused model.
+
+    Attributes:
+        dim: vector size ``D`` of every granularity and the item tower.
+        granularities: the granularities to fuse; ``None`` = every one the dataset carries
+            (missing ones are dropped with a warning). Naming one the data lacks is an error.
+        fusion: ``weighted``, ``product``, ``deep`` or ``gated``.
+        behavior_mode: ``sequence``, ``set`` or ``auto`` (see the module docstring).
+        split_protocol: the split the data came from (``random``, ``loo``, ``temporal``),
+            which ``auto`` uses; ``None`` infers it.
+        loss: ``softmax`` (full), ``sampled_softmax`` (popularity-sampled negatives with
+            logQ correction) or ``bpr``.
+        n_negatives: negatives per batch (``sampled_softmax``) or per row (``bpr``).
+        optimizer: ``adamw`` or ``sgd``.
+        lr: learning rate.
+        weight_decay: decoupled weight decay (AdamW) or L2 (SGD).
+        batch_size: training examples per step.
+        epochs: maximum epochs.
+        eval_every: evaluate every this many epochs.
+        patience: evaluations without improvement before stopping.
+        id_dropout: probability of dropping an item's or user's id part while training.
+        dropout: dropout inside the encoders.
+        max_len: history events per user.
+        max_friends: friends per user.
+        friend_len: recent items per friend.
+        threads: torch threads while training (0: unchanged).
+        progress: show a progress bar over epochs.
+    """
+
+    dim: int = 64
+    granularities: list[str] | None = None
+    fusion: str = "gated"
+    behavior_mode: str = "auto"
+    split_protocol: str | None = None
+    loss: str = "softmax"
+    n_negatives: int = 256
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    batch_size: int = 256
+    epochs: int = 100
+    eval_every: int = 1
+    patience: int = 5
+    id_dropout: float = 0.1
+    dropout: float = 0.2
+    max_len: int = 50
+    max_friends: int = 20
+    friend_len: int = 10
+    threads: int = 1
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "n_negatives", "batch_size", "epochs", "eval_every", "patience",
+                     "max_len", "max_friends", "friend_len"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        choices = {"fusion": _FUSION_NAMES, "behavior_mode": ("auto", "sequence", "set"),
+                   "loss": tuple(LOSSES), "optimizer": ("adamw", "sgd")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        if self.split_protocol is not None and self.split_protocol not in PROTOCOLS:
+            raise ValueError(f"split_protocol must be one of {', '.join(PROTOCOLS)} or null")
+        if self.granularities is not None:
+            bad = [g for g in self.granularities if g not in GRANULARITIES]
+            if bad or not self.granularities or len(set(self.granularities)) != len(self.granularities):
+                raise ValueError(f"granularities must be distinct names from {', '.join(GRANULARITIES)}; "
+                                 f"got {self.granularities}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.threads < 0:
+            raise ValueError("lr must be > 0, weight_decay and threads >= 0")
+        for name in ("id_dropout", "dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
+
+
+def resolve_granularities(cfg: MGRConfig, dataset: Dataset) -> list[str]:
+    """The granularities to fuse, in :data:`GRANULARITIES` order.
+
+    Raises:
+        ConfigError: when an explicitly requested granularity is missing from the data.
+    """
+    have = dataset.granularities
+    if cfg.granularities is not None:
+        missing = [g for g in cfg.granularities if g not in have]
+        if missing:
+            raise ConfigError(f"mgr: granularity {missing[0]!r} is not available in dataset "
+                              f"{dataset.name!r} (it has: {', '.join(have)})")
+        return [g for g in GRANULARITIES if g in cfg.granularities]
+    dropped = [g for g in GRANULARITIES if g not in have]
+    if dropped:
+        logger.warning("mgr: dataset %r lacks granularities %s; fusing %s", dataset.name,
+                       ", ".join(dropped), ", ".join(have))
+    return [g for g in GRANULARITIES if g in have]
+
+
+def resolve_behavior_mode(cfg: MGRConfig, dataset: Dataset, train: pd.DataFrame,
+                          valid: pd.DataFrame | None) -> str:
+    """``sequence`` or ``set`` (see :class:`MGRConfig`)."""
+    if cfg.behavior_mode != "auto":
+        return cfg.behavior_mode
+    if not dataset.has_time:
+        return "set"
+    protocol = cfg.split_protocol or dataset.meta.get("split_protocol")
+    if protocol is not None:
+        return "sequence" if protocol in ("loo", "temporal") else "set"
+    if valid is None or len(valid) == 0 or "timestamp" not in valid.columns:
+        return "set"
+    last = train.groupby("user")["timestamp"].max()
+    before = last.reindex(valid["user"].to_numpy()).to_numpy(dtype=np.float64)
+    later = np.isnan(before) | (valid["timestamp"].to_numpy(dtype=np.float64) >= before)
+    mode = "sequence" if later.mean() >= 0.99 else "set"
+    logger.info("mgr: %.1f%% of validation events follow the user's training events: %s mode",
+                100 * later.mean(), mode)
+    return mode
+
+
+class MGR(ServingMixin, Recommender):
+    """The fused multi-granularity recommender.
+
+    Args:
+        config: a dict for :class:`MGRConfig`.
+        seed: seeds initialisation, shuffling, negative sampling and dropout.
+
+    Attributes:
+        granularities_: the fused granularities after fitting.
+        behavior_mode_: ``sequence`` or ``set``.
+        history_: one dict per epoch (``epoch``, ``loss``, ``seconds``, ``valid``).
+        best_epoch_: the epoch whose weights the model holds.
+        best_valid_: its validation NDCG@10.
+    """
+
+    name = "mgr"
+
+    def __init__(self, config: dict[str, Any] | None = None, *, seed: int = 0) -> None:
+        super().__init__()
+        self.config = from_dict(MGRConfig, config, where="mgr config")
+        self.seed = int(seed)
+        self.net_: torch.nn.Module | None = None
+        self.context_: ContextBuilder | None = None
+        self.items_: ItemArrays | None = None
+        self.item_encoder_: FeatureEncoder | None = None
+        self.spec_: dict[str, Any] = {}
+        self.granularities_: list[str] = []
+        self.behavior_mode_: str = ""
+        self.history_: list[dict[str, float]] = []
+        self.best_epoch_, self.best_valid_ = 0, float("nan")
+        self._init_serving()
+
+    # ------------------------------------------------------------------ training
+    def _fit(self, dataset: Dataset, train: pd.DataFrame, valid: pd.DataFrame | None) -> None:
+        cfg = self.config
+        self.granularities_ = resolve_granularities(cfg, dataset)
+        self.behavior_mode_ = resolve_behavior_mode(cfg, dataset, train, valid)
+        uf = _encode(dataset.user_features) if "user" in self.granularities_ else None
+        itf = _encode(dataset.item_features) if "item" in self.granularities_ else None
+        self.context_ = ContextBuilder(dataset, train, max_len=cfg.max_len, max_friends=cfg.max_friends,
+                                       friend_len=cfg.friend_len, user_features=uf)
+        with_time = "time" in self.granularities_
+        self.items_ = build_item_arrays(itf, train, dataset.n_items, with_time=with_time)
+        self.item_encoder_ = itf.encoder if itf is not None else None
+        self.spec_ = net_spec(cfg, self.granularities_, self.behavior_mode_, self.context_, self.items_)
+        self._set_ids(dataset.users.ids, dataset.items.ids)
+        self.base_items_ = dataset.n_items
+        self._extra_vectors = None
+        with torch_threads(cfg.threads):
+            self.net_ = build_net(self.spec_, self.context_, self.items_, seed=self.seed)
+            self._train(train, valid)
+        logger.info("mgr: granularities %s, %s mode, best epoch %d (valid ndcg@10 %.4f)",
+                    self.granularities_, self.behavior_mode_, self.best_epoch_, self.best_valid_)
+
+    def _train(self, train: pd.DataFrame, valid: pd.DataFrame | None) -> None:
+        cfg, net, ctx = self.config, self.net_, self.context_
+        assert net is not None and ctx is not None
+        gen = torch.Generator().manual_seed(self.seed + 1)
+        set_generator(net, gen)
+        params = [p for p in net.parameters() if p.requires_grad]
+        if cfg.optimizer == "adamw":
+            opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            opt = torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        examples = ctx.examples()
+        counts = np.bincount(train["item"].to_numpy(np.int64), minlength=ctx.n_items) + 1.0
+        log_q = torch.from_numpy(np.log(counts / counts.sum()).astype(np.float32))
+        if len(examples[0]) == 0:
+            logger.warning("mgr: no training interactions; the model keeps its initial weights")
+            return
+        stopping = EarlyStopping(cfg.epochs, cfg.eval_every, cfg.patience, cfg.progress)
+        hist = fit_epochs(
+            lambda epoch: self._epoch(examples, opt, gen, log_q),
+            stopping=stopping,
+            validate=validation_scorer(self, valid, metric="ndcg@10"),
+            snapshot=lambda: {k: v.detach().clone() for k, v in net.state_dict().items()},
+            restore=net.load_state_dict,
+            name="mgr",
+        )
+        set_generator(net, None)
+        net.eval()
+        self.history_, self.best_epoch_, self.best_valid_ = hist.epochs, hist.best_epoch, hist.best_valid
+
+    def _epoch(self, examples: tuple[np.ndarray, ...], opt: torch.optim.Optimizer,
+               gen: torch.Generator, log_q: torch.Tensor) -> float:
+        cfg, net, ctx = self.config, self.net_, self.context_
+        assert net is not None and ctx is not None
+        users, pos, items, times = examples
+        net.train()
+        perm = torch.randperm(len(users), generator=gen).numpy()
+        sequence = self.behavior_mode_ == "sequence"
+        total = 0.0
+        for start in range(0, len(perm), cfg.batch_size):
+            idx = perm[start:start + cfg.batch_size]
+            batch = ctx.batch(users[idx], times=times[idx], cutoff=pos[idx] if sequence else None,
+                              exclude=None if sequence else pos[idx])
+            loss = self._loss(batch, torch.from_numpy(items[idx]), gen, log_q)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        return total / len(perm)
+
+    def _loss(self, batch: Any, target: torch.Tensor, gen: torch.Generator, log_q: torch.Tensor) -> torch.Tensor:
+        cfg, net = self.config, self.net_
+        assert net is not None
+        p = net.user_vectors(batch)[0]
+        if cfg.loss == "softmax":
+            return softmax_loss(p @ net.item_vectors(generator=gen).T, target)
+        n_items = log_q.shape[0]
+        if cfg.loss == "sampled_softmax":
+            neg = torch.multinomial(log_q.exp(), cfg.n_negatives, replacement=True, generator=gen)
+            q = net.item_tower(torch.cat([target, neg]), generator=gen)
+            pos_s = (p * q[: len(target)]).sum(-1)
+            neg_s = p @ q[len(target):].T
+            return sampled_softmax_loss(pos_s, neg_s, pos_log_q=log_q[target], neg_log_q=log_q[neg],
+                                        accidental=neg.unsqueeze(0) == target.unsqueeze(1))
+        neg = torch.randint(n_items, (len(target), cfg.n_negatives), generator=gen)
+        q = net.item_tower(torch.cat([target.unsqueeze(1), neg], dim=1), generator=gen)
+        scores = (p.unsqueeze(1) * q).sum(-1)
+        return bpr_loss(scores[:, 0], scores[:, 1:], mask=neg != target.unsqueeze(1))
+
+    # ------------------------------------------------------------------ scoring
+    def score(self, users: np.ndarray) -> np.ndarray:
+        """``(B, n_items)`` ``float32`` scores ``q_v . p_{u,c}`` in the training context
+        (request time: the user's last training event + 1 s)."""
+        check_fitted(self.net_ is not None, self.name)
+        assert self.net_ is not None and self.context_ is not None
+        users = check_users(users, self.context_.n_users)
+        out = np.empty((len(users), self.n_items_), dtype=np.float32)
+        with torch.no_grad():
+            self.net_.eval()
+            q = self._item_matrix()
+            for s in range(0, len(users), SCORE_CHUNK):
+                p = self.net_.user_vectors(self.context_.batch(users[s:s + SCORE_CHUNK]))[0]
+                out[s:s + SCORE_CHUNK] = (p @ q.T).numpy()
+        return out
+
+    # -------------------------------------------------------------- persistence
+    def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        check_fitted(self.net_ is not None, self.name)
+        assert self.net_ is not None and self.context_ is not None and self.items_ is not None
+        ctx_state, ctx_arrays = self.context_.to_state()
+        meta = {
+            "version": _STATE_VERSION, "seed": self.seed, "best_epoch": self.best_epoch_,
+            "best_valid": None if math.isnan(self.best_valid_) else self.best_valid_,
+            "epochs_run": len(self.history_), "granularities": self.granularities_,
+            "behavior_mode": self.behavior_mode_, "spec": self.spec_, "context": ctx_state,
+            "item_encoder": self.item_encoder_.to_state() if self.item_encoder_ else None,
+            **self._serving_meta(),
+        }
+        arrays = {f"net/{k}": v.detach().cpu().numpy().copy() for k, v in self.net_.state_dict().items()}
+        arrays.update({f"ctx/{k}": v for k, v in ctx_arrays.items()})
+        arrays.update(self._serving_arrays())
+        f = self.items_.features
+        arrays.update({"items/cat": f.cat, "items/num": f.num, "items/bag_idx": f.bag_idx,
+                       "items/bag_w": f.bag_w, "items/time": self.items_.time_feats,
+                       "items/time_mean": self.items_.time_mean, "items/time_std": self.items_.time_std})
+        arrays["meta_json"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8).copy()
+        return to_dict(self.config), arrays
+
+    def _set_state(self, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        from mgrec.feature_arrays import FeatureArrays
+
+        self.config = from_dict(MGRConfig, config, where="mgr config")
+        meta = json.loads(bytes(np.asarray(arrays["meta_json"], dtype=np.uint8)).decode("utf-8"))
+        if meta.get("version") != _STATE_VERSION:
+            raise ValueError(f"mgr state version {meta.get('version')} is not {_STATE_VERSION}")
+        self.seed, self.best_epoch_ = int(meta["seed"]), int(meta["best_epoch"])
+        self.best_valid_ = float("nan") if meta["best_valid"] is None else float(meta["best_valid"])
+        self.granularities_, self.behavior_mode_ = list(meta["granularities"]), str(meta["behavior_mode"])
+        self.spec_, self.history_ = dict(meta["spec"]), []
+        ctx_arrays = {k[4:]: v for k, v in arrays.items() if k.startswith("ctx/")}
+        self.context_ = ContextBuilder.from_state(meta["context"], ctx_arrays)
+        enc = meta.get("item_encoder")
+        self.item_encoder_ = FeatureEncoder.from_state(enc) if enc else None
+        s = self.spec_["item"]
+        feats = FeatureArrays(arrays["items/cat"], arrays["items/num"], arrays["items/bag_idx"],
+                              arrays["items/bag_w"], list(s["cardinalities"]), int(s["n_bag_tokens"]) + 1)
+        self.items_ = ItemArrays(feats, arrays["items/time"], arrays["items/time_mean"], arrays["items/time_std"])
+        self.net_ = build_net(self.spec_, self.context_, self.items_, seed=self.seed)
+        state = {k[4:]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith("net/")}
+        self.net_.load_state_dict(state, strict=True)
+        self.net_.eval()
+        self._load_serving(meta, arrays)
+
+
+def _encode(table: Any) -> EncodedFeatures | None:
+    return encode_features(table) if table is not None and table.names else None

@@ -1,0 +1,211 @@
+"""Explanations and cold start for the fused model (mixed into :class:`mgrec.mgr.MGR`).
+
+* :meth:`ServingMixin.explain`: how much each granularity adds to a user's score of an item
+  (exact ``w_g (v_g . q)`` with weighted fusion, else leave-one-out score differences).
+* :meth:`ServingMixin.recommend_context`: recommendations for a user the model has never
+  seen, from whatever is known: a few items (with times), profile features, friends who are
+  known users, the request time.
+* :meth:`ServingMixin.add_items` / :meth:`ServingMixin.score_new_items`: items that did not
+  exist at training time are represented by the item tower's content part alone, and added
+  items are ranked by the ordinary :meth:`~mgrec.recommender.Recommender.recommend`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from mgrec.baselines import check_fitted, check_users
+from mgrec.data.dataset import FeatureTable
+from mgrec.errors import ConfigError, DataError
+from mgrec.feature_arrays import feature_arrays
+from mgrec.recommender import topk
+
+__all__ = ["ServingMixin"]
+
+
+class ServingMixin:
+    """Explanation and cold-start methods; expects the attributes :class:`MGR` sets."""
+
+    name: str
+    net_: Any
+    context_: Any
+    items_: Any
+    item_encoder_: Any
+    n_items_: int
+    seen_: sp.csr_matrix | None
+
+    def _init_serving(self) -> None:
+        self.user_ids_: list[str] = []
+        self.item_ids_: list[str] = []
+        self.base_items_: int = 0
+        self._extra_vectors: torch.Tensor | None = None
+        self._user_index: dict[str, int] = {}
+        self._item_index: dict[str, int] = {}
+
+    def _set_ids(self, users: Sequence[str], items: Sequence[str]) -> None:
+        self.user_ids_, self.item_ids_ = [str(u) for u in users], [str(i) for i in items]
+        self._user_index = {u: k for k, u in enumerate(self.user_ids_)}
+        self._item_index = {i: k for k, i in enumerate(self.item_ids_)}
+
+    def _item_matrix(self) -> torch.Tensor:
+        """``(n_items_, D)`` item vectors: the trained catalogue, then added items."""
+        q = self.net_.item_vectors()
+        if self._extra_vectors is not None:
+            q = torch.cat([q, self._extra_vectors], dim=0)
+        return q
+
+    # --------------------------------------------------------------- explanations
+    def explain(self, users: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:
+        """Per-granularity contributions to the scores of ``items`` for ``users``.
+
+        Args:
+            users: ``(B,)`` user codes.
+            items: ``(B, K)`` item codes (or ``(K,)``, the same items for every user) from the
+                trained catalogue.
+
+        Returns:
+            Granularity -> ``(B, K)`` ``float32``. With ``weighted`` fusion the values sum to
+            the score; otherwise each is ``score(all) - score(without g)`` (0 where absent).
+        """
+        check_fitted(self.net_ is not None, self.name)
+        users = check_users(users, self.context_.n_users)
+        items = np.asarray(items, dtype=np.int64)
+        if items.ndim == 1:
+            items = np.broadcast_to(items, (len(users), len(items)))
+        if items.ndim != 2 or items.shape[0] != len(users):
+            raise ConfigError(f"items must have shape (B, K) with B = {len(users)}, got {items.shape}")
+        if items.size and (items.min() < 0 or items.max() >= self.base_items_):
+            raise ConfigError(f"explain() takes item codes of the trained catalogue (0..{self.base_items_ - 1})")
+        with torch.no_grad():
+            self.net_.eval()
+            out = self.net_.contributions(self.context_.batch(users), torch.from_numpy(np.ascontiguousarray(items)))
+        return {g: v.numpy().astype(np.float32, copy=False) for g, v in out.items()}
+
+    # ----------------------------------------------------------------- cold users
+    def recommend_context(
+        self,
+        history_items: Sequence[str | int],
+        *,
+        history_times: Sequence[float] | None = None,
+        features: Mapping[str, Any] | None = None,
+        friends: Sequence[str | int] | None = None,
+        time: float | None = None,
+        k: int = 10,
+        filter_seen: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items for a user unknown to the model.
+
+        Args:
+            history_items: items the user interacted with: raw ids (``str``) or codes (``int``).
+            history_times: their unix times (``None``: in the given order, times unknown).
+            features: raw user feature values by name; unknown values count as missing.
+            friends: known users who are friends: raw ids or codes.
+            time: request time in unix seconds (``None``: unknown).
+            k: list length.
+            filter_seen: drop the history items from the list.
+
+        Returns:
+            ``(items, scores)``, each ``(k,)``: item codes (``-1`` padding) and scores.
+
+        Raises:
+            DataError: for an unknown item, user or feature.
+        """
+        check_fitted(self.net_ is not None, self.name)
+        hist = [self._code(v, self._item_index, self.base_items_, "history") for v in history_items]
+        fr = [self._code(v, self._user_index, self.context_.n_users, "friends") for v in friends or []]
+        batch = self.context_.cold_batch(hist, history_times, features, fr, time)
+        with torch.no_grad():
+            self.net_.eval()
+            scores = (self.net_.user_vectors(batch)[0] @ self._item_matrix().T).numpy()
+        if filter_seen and hist:
+            scores[0, hist] = -np.inf
+        idx, vals = topk(scores, k)
+        idx[~np.isfinite(vals)] = -1
+        return idx[0], vals[0]
+
+    @staticmethod
+    def _code(value: str | int, index: Mapping[str, int], n: int, field: str) -> int:
+        if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            if not 0 <= int(value) < n:
+                raise DataError(f"code {int(value)} is out of range 0..{n - 1}", field=field)
+            return int(value)
+        if isinstance(value, str) and value in index:
+            return index[value]
+        raise DataError(f"unknown id {value!r}", field=field)
+
+    # ----------------------------------------------------------------- new items
+    def score_new_items(self, item_features: FeatureTable) -> np.ndarray:
+        """Content-only vectors ``q_v`` of items unknown to the model.
+
+        Args:
+            item_features: one row per new item, with the training item feature columns.
+
+        Returns:
+            ``(n_new, D)`` ``float32``; their scores for a user are ``p_{u,c} . q_v``.
+
+        Raises:
+            ConfigError: when the model was trained without item content.
+            DataError: when the table lacks a feature or holds it as another kind.
+        """
+        check_fitted(self.net_ is not None, self.name)
+        if self.item_encoder_ is None:
+            raise ConfigError("mgr: the model was trained without item features (granularity 'item'), "
+                              "so it cannot represent new items")
+        enc = self.item_encoder_.transform(item_features)
+        fa = feature_arrays(enc, len(item_features), self.items_.features.bag_idx.shape[1])
+        feats = [torch.from_numpy(np.ascontiguousarray(a)) for a in (fa.cat, fa.num, fa.bag_idx, fa.bag_w)]
+        time = torch.from_numpy(self.items_.new_item_time_feats(len(item_features)))
+        with torch.no_grad():
+            self.net_.eval()
+            vec = self.net_.item_tower.vectors_for_features(*feats, time)
+        return vec.numpy().astype(np.float32, copy=False)
+
+    def add_items(self, table: FeatureTable, ids: Sequence[str] | None = None) -> np.ndarray:
+        """Add new items to the catalogue, represented by their content alone.
+
+        Args:
+            table: their features (as for :meth:`score_new_items`).
+            ids: raw ids of the new items (default ``new:<code>``); must be unused.
+
+        Returns:
+            The new items' codes ``n_items .. n_items + n - 1``; :meth:`score` and
+            :meth:`recommend` rank them from then on (no user has seen them).
+        """
+        vec = torch.from_numpy(self.score_new_items(table))
+        codes = np.arange(self.n_items_, self.n_items_ + len(vec), dtype=np.int64)
+        names = [f"new:{c}" for c in codes] if ids is None else [str(i) for i in ids]
+        if len(names) != len(vec):
+            raise DataError(f"{len(names)} ids for {len(vec)} new items", field="ids")
+        taken = [n for n in names if n in self._item_index] + [n for n in set(names) if names.count(n) > 1]
+        if taken:
+            raise DataError(f"item id {taken[0]!r} is already in use", field="ids")
+        self._extra_vectors = vec if self._extra_vectors is None else torch.cat([self._extra_vectors, vec])
+        self._set_ids(self.user_ids_, self.item_ids_ + names)
+        self.n_items_ += len(vec)
+        if self.seen_ is not None:
+            self.seen_ = sp.hstack([self.seen_, sp.csr_matrix((self.seen_.shape[0], len(vec)), dtype=np.float32)],
+                                   format="csr")
+        return codes
+
+    # --------------------------------------------------------------- persistence
+    def _serving_meta(self) -> dict[str, Any]:
+        return {"user_ids": self.user_ids_, "item_ids": self.item_ids_, "base_items": self.base_items_}
+
+    def _serving_arrays(self) -> dict[str, np.ndarray]:
+        if self._extra_vectors is None:
+            return {}
+        return {"extra_item_vectors": self._extra_vectors.numpy().copy()}
+
+    def _load_serving(self, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+        self._set_ids(meta["user_ids"], meta["item_ids"])
+        self.base_items_ = int(meta["base_items"])
+        extra = arrays.get("extra_item_vectors")
+        self._extra_vectors = None if extra is None else torch.from_numpy(np.array(extra, dtype=np.float32))
+        n_extra = 0 if extra is None else len(extra)
+        if self.base_items_ + n_extra != self.n_items_ or len(self.item_ids_) != self.n_items_:
+            raise ValueError(f"{self.base_items_} + {n_extra} items do not match n_items {self.n_items_}")

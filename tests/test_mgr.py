@@ -1,0 +1,194 @@
+"""The fused model ``mgr`` on small synthetic data: training, determinism, persistence,
+granularity switches, explanations and cold start."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from mgrec.baselines.pop import Pop
+from mgrec.data.split import make_split
+from mgrec.data.synthetic import SyntheticConfig, make_synthetic
+from mgrec.errors import ConfigError, DataError
+from mgrec.evaluation import evaluate_split
+from mgrec.mgr import MGR, MGRConfig, resolve_behavior_mode
+
+SMALL = {"dim": 16, "max_len": 10, "max_friends": 5, "friend_len": 3, "batch_size": 256, "lr": 3e-3}
+
+
+@pytest.fixture(scope="module")
+def data():
+    ds = make_synthetic(SyntheticConfig(n_users=300, n_items=200, mean_events=15), seed=0)
+    return ds, make_split(ds, "loo", seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    ds, split = data
+    model = MGR({**SMALL, "epochs": 4}, seed=0).fit(ds, split.train, split.valid)
+    return model
+
+
+def _fit(data, seed=0, **cfg):
+    ds, split = data
+    return MGR({**SMALL, "epochs": 1, **cfg}, seed=seed).fit(ds, split.train, split.valid)
+
+
+def test_training_reduces_loss_and_beats_pop(data, trained):
+    ds, split = data
+    losses = [e["loss"] for e in trained.history_]
+    assert losses[-1] < losses[0]
+    assert trained.granularities_ == ["user", "item", "behavior", "social", "time"]
+    assert trained.behavior_mode_ == "sequence"
+    pop = Pop({}, seed=0).fit(ds, split.train, split.valid)
+    pop_valid = evaluate_split(pop, split, ds, part="valid")["ndcg@10"]
+    assert trained.best_valid_ > pop_valid + 0.02
+    scores = trained.score(np.arange(5))
+    assert scores.shape == (5, ds.n_items) and scores.dtype == np.float32 and np.isfinite(scores).all()
+
+
+def test_same_seed_same_scores(data):
+    a, b = _fit(data), _fit(data)
+    np.testing.assert_array_equal(a.score(np.arange(50)), b.score(np.arange(50)))
+    c = _fit(data, seed=1)
+    assert not np.allclose(a.score(np.arange(50)), c.score(np.arange(50)))
+
+
+def test_save_load_round_trip(trained, tmp_path):
+    trained.save(tmp_path / "m")
+    loaded = MGR.load(tmp_path / "m")
+    users = np.arange(40)
+    a_items, a_scores = trained.recommend(users, k=10)
+    b_items, b_scores = loaded.recommend(users, k=10)
+    np.testing.assert_array_equal(a_items, b_items)
+    np.testing.assert_array_equal(a_scores, b_scores)
+    assert loaded.granularities_ == trained.granularities_ and loaded.best_epoch_ == trained.best_epoch_
+    assert loaded.config_dict() == trained.config_dict()
+    cold = {"history_items": [3, 4], "features": {"occupation": "student"}, "friends": [1], "time": 1.6e9}
+    np.testing.assert_array_equal(trained.recommend_context(**cold)[0], loaded.recommend_context(**cold)[0])
+
+
+def test_granularity_switches(data):
+    ds, split = data
+    no_social = dataclasses.replace(ds, social=None)
+    with pytest.raises(ConfigError, match="'social'"):
+        MGR({**SMALL, "granularities": ["behavior", "social"]}).fit(no_social, split.train, split.valid)
+    implicit = MGR({**SMALL, "epochs": 1}).fit(no_social, split.train, split.valid)
+    assert "social" not in implicit.granularities_
+    sub = _fit(data, granularities=["time", "behavior"])
+    assert sub.granularities_ == ["behavior", "time"]
+    assert sorted(sub.net_.encoders) == ["behavior", "time"]
+    full = _fit(data)
+    assert np.abs(full.score(np.arange(20)) - sub.score(np.arange(20))).max() > 1e-3
+    with pytest.raises(ConfigError, match="granularities"):
+        MGR({"granularities": ["taste"]})
+
+
+def test_weighted_contributions_sum_to_score(data):
+    model = _fit(data, fusion="weighted")
+    users = np.array([0, 5, 9])
+    items = np.array([[0, 1, 2], [3, 4, 5], [10, 20, 30]])
+    parts = model.explain(users, items)
+    assert set(parts) == set(model.granularities_)
+    total = sum(parts.values())
+    expect = np.take_along_axis(model.score(users), items, axis=1)
+    np.testing.assert_allclose(total, expect, atol=1e-5)
+
+
+def test_leave_one_out_explanations(trained):
+    users, items = np.array([1, 2]), np.array([7, 8])
+    parts = trained.explain(users, items)
+    assert all(v.shape == (2, 2) for v in parts.values())
+    net, batch = trained.net_, trained.context_.batch(users)
+    with torch.no_grad():
+        p_wo = net.user_vectors(batch, drop=frozenset({"behavior"}))[0]
+        q = net.item_tower(torch.tensor([7, 8]))
+    without = (p_wo @ q.T).numpy()
+    full = trained.score(users)[:, [7, 8]]
+    np.testing.assert_allclose(parts["behavior"], full - without, atol=1e-5)
+    with pytest.raises(ConfigError, match="trained catalogue"):
+        trained.explain(users, np.array([500]))
+
+
+def test_cold_user_from_features_and_friends(trained):
+    items, scores = trained.recommend_context([], features={"age": 22, "occupation": "student"}, k=5)
+    assert items.shape == (5,) and (items >= 0).all() and np.isfinite(scores).all()
+    assert (np.diff(scores) <= 0).all()
+    by_friend, _ = trained.recommend_context([], friends=["u3"], k=5)
+    assert not np.array_equal(items, by_friend)
+    hist, _ = trained.recommend_context(["i1", 2], history_times=[1.58e9, 1.59e9], k=10)
+    assert 1 not in hist and 2 not in hist
+    with pytest.raises(DataError, match="unknown id"):
+        trained.recommend_context(["nope"])
+    with pytest.raises(DataError):
+        trained.recommend_context([], features={"shoe": "42"})
+
+
+def test_new_items_are_ranked_from_content(data, trained, tmp_path):
+    ds, _ = data
+    model = MGR.load(_saved(trained, tmp_path))
+    src = np.array([11, 12])
+    table = ds.item_features.take(src)
+    vec = model.score_new_items(table)
+    with torch.no_grad():
+        content = model.net_.item_tower.content(torch.from_numpy(src)).numpy()
+        full = model.net_.item_tower(torch.from_numpy(src)).numpy()
+    # the same features as items 11 and 12, without their id part (and as never-seen items)
+    time_delta = model.net_.item_tower.time_proj(torch.from_numpy(
+        model.items_.new_item_time_feats(2) - model.items_.time_feats[src])).detach().numpy()
+    np.testing.assert_allclose(vec, content + time_delta, atol=1e-5)
+    assert not np.allclose(vec, full, atol=1e-3)
+    n = model.n_items_
+    codes = model.add_items(table, ids=["fresh1", "fresh2"])
+    assert codes.tolist() == [n, n + 1] and model.n_items_ == n + 2
+    scores = model.score(np.arange(3))
+    assert scores.shape == (3, n + 2)
+    p = model.net_.user_vectors(model.context_.batch(np.arange(3)))[0].detach().numpy()
+    np.testing.assert_allclose(scores[:, n:], p @ vec.T, rtol=1e-5, atol=1e-5)
+    full_list, _ = model.recommend(0, k=n + 2)
+    assert set(codes.tolist()) <= set(full_list.tolist())  # ranked among all items
+    only_new, _ = model.recommend(0, k=2, candidates=codes)
+    assert sorted(only_new.tolist()) == codes.tolist()
+    with pytest.raises(DataError, match="already in use"):
+        model.add_items(table.take([0]), ids=["fresh1"])
+    model.save(tmp_path / "again")
+    again = MGR.load(tmp_path / "again")
+    np.testing.assert_array_equal(again.score(np.arange(3)), scores)
+
+
+def _saved(model, tmp_path):
+    path = tmp_path / "saved"
+    model.save(path)
+    return path
+
+
+@pytest.mark.parametrize("loss", ["sampled_softmax", "bpr"])
+def test_other_losses_train(data, loss):
+    model = _fit(data, loss=loss, n_negatives=32, granularities=["behavior"])
+    assert np.isfinite(model.history_[0]["loss"]) and model.history_[0]["loss"] > 0
+
+
+def test_behavior_mode_resolution(data):
+    ds, split = data
+    rnd = make_split(ds, "random", seed=0)
+    auto = MGRConfig()
+    assert resolve_behavior_mode(auto, ds, split.train, split.valid) == "sequence"
+    assert resolve_behavior_mode(auto, ds, rnd.train, rnd.valid) == "set"
+    assert resolve_behavior_mode(MGRConfig(split_protocol="random"), ds, split.train, split.valid) == "set"
+    untimed = dataclasses.replace(ds, interactions=ds.interactions.drop(columns="timestamp"))
+    assert resolve_behavior_mode(auto, untimed, split.train, split.valid) == "set"
+    assert resolve_behavior_mode(MGRConfig(behavior_mode="sequence"), ds, rnd.train, None) == "sequence"
+
+
+def test_config_and_usage_errors(trained):
+    with pytest.raises(ConfigError, match="unknown key"):
+        MGR({"dims": 3})
+    with pytest.raises(ConfigError, match="fusion"):
+        MGR({"fusion": "magic"})
+    with pytest.raises(ConfigError, match="not fitted"):
+        MGR().score(np.array([0]))
+    with pytest.raises(ConfigError, match="out of range"):
+        trained.score(np.array([10_000]))

@@ -110,7 +110,8 @@ class EASE(Recommender):
             )
         assert self.seen_ is not None
         dtype = torch.float64 if n <= FLOAT64_MAX_ITEMS else torch.float32
-        self.B_ = ease_weights(self.seen_, self.config.reg, dtype=dtype)
+        # C order: scipy's sparse @ dense copies a non-contiguous right operand on every call
+        self.B_ = np.ascontiguousarray(ease_weights(self.seen_, self.config.reg, dtype=dtype))
         logger.info("ease: solved %d x %d (reg=%g, %s)", n, n, self.config.reg, dtype)
 
     def score(self, users: np.ndarray) -> np.ndarray:
@@ -129,4 +130,4 @@ class EASE(Recommender):
         b = np.asarray(arrays["B"], dtype=np.float32)
         if b.shape != (self.n_items_, self.n_items_):
             raise ValueError(f"B has shape {b.shape}, expected ({self.n_items_}, {self.n_items_})")
-        self.B_ = b
+        self.B_ = np.ascontiguousarray(b)

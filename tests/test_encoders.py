@@ -431,3 +431,69 @@ def test_shared_content_table_gives_the_same_vectors_and_scores():
         plain = p @ net.item_vectors().T
         torch.testing.assert_close(net.score(batch), plain, rtol=0, atol=1e-5)
     assert tower._content_cache is None  # the table lives only inside the block
+
+
+def _tower_reference(tower: ItemTower, items: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``id * keep + content`` gathered the plain way (zero for padding)."""
+    content = tower._encode_rows(None)[items]
+    return tower.id_embedding(items) * keep.unsqueeze(-1).float() + content
+
+
+@pytest.mark.parametrize("shape", [(2, 6), (6, 6)])  # per-row encoding / one table of all items
+@pytest.mark.parametrize("shared", [False, True])
+def test_tower_lookups_match_the_plain_gather_in_values_and_gradients(shape, shared):
+    from contextlib import nullcontext
+
+    from mgrec.encoders import bernoulli_keep
+
+    tower = make_tower(id_dropout=0.4)
+    init_module(tower, torch.Generator().manual_seed(0))
+    tower.set_item_data(*item_data())
+    tower.train()
+    items = torch.randint(0, NI + 1, shape, generator=torch.Generator().manual_seed(3))
+    items[0, :2] = NI  # padding
+    scale = torch.rand(shape, generator=torch.Generator().manual_seed(4))
+    weights = torch.rand(shape, generator=torch.Generator().manual_seed(5))
+    probe = torch.randn(*shape, D, generator=torch.Generator().manual_seed(6))
+
+    def grads(fn):
+        tower.zero_grad(set_to_none=True)
+        with tower.shared_content() if shared else nullcontext():
+            out = fn()
+        (out * (probe if out.dim() == 3 else probe[:, 0])).sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in tower.named_parameters() if p.grad is not None}
+
+    keep = bernoulli_keep(shape, 0.6, torch.Generator().manual_seed(7), items.device)
+    cases = [
+        (lambda: tower(items, generator=torch.Generator().manual_seed(7), scale=scale),
+         lambda: _tower_reference(tower, items, keep) * scale.unsqueeze(-1)),
+        (lambda: tower.pooled(items, weights, generator=torch.Generator().manual_seed(7)),
+         lambda: (_tower_reference(tower, items, keep) * weights.unsqueeze(-1)).sum(1)),
+        (lambda: tower.pooled_content(items, weights),
+         lambda: (tower._encode_rows(None)[items] * weights.unsqueeze(-1)).sum(1)),
+    ]
+    for fast, plain in cases:
+        (got, g_fast), (want, g_plain) = grads(fast), grads(plain)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+        assert g_fast.keys() == g_plain.keys()
+        for name in g_fast:
+            torch.testing.assert_close(g_fast[name], g_plain[name], rtol=0, atol=1e-5)
+        if "id_embedding.weight" in g_fast:
+            assert torch.all(g_fast["id_embedding.weight"][NI] == 0)  # the padding row learns nothing
+    assert tower._content_cache is None and tower._row_cache is None
+
+
+def test_gen_dropout_mask_and_scale_match_forward():
+    from mgrec.encoders import GenDropout
+
+    drop = GenDropout(0.25)
+    x = torch.randn(5, 7)
+    drop.generator = torch.Generator().manual_seed(2)
+    out = drop(x)
+    drop.generator = torch.Generator().manual_seed(2)
+    keep = drop.keep_mask((5, 7), x.device)
+    torch.testing.assert_close(out, x * drop.scale * keep, rtol=0, atol=1e-6)
+    assert drop.scale == pytest.approx(4 / 3)
+    assert set(keep.unique().tolist()) == {0.0, 1.0} and set(out[keep == 0].tolist()) == {0.0}
+    drop.eval()
+    assert drop.keep_mask((5, 7), x.device) is None and drop.scale == 1.0 and torch.equal(drop(x), x)

@@ -232,7 +232,9 @@ class MGR(ServingMixin, Recommender):
         set_generator(net, gen)
         params = [p for p in net.parameters() if p.requires_grad]
         if cfg.optimizer == "adamw":
-            opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+            # fused: one kernel over all parameters (the same update up to float rounding)
+            opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                                           fused=True)
         else:
             opt = torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         examples = ctx.examples()
@@ -267,7 +269,8 @@ class MGR(ServingMixin, Recommender):
             idx = perm[start:start + cfg.batch_size]
             batch = ctx.batch(users[idx], times=times[idx], cutoff=pos[idx] if sequence else None,
                               exclude=None if sequence else pos[idx])
-            loss = self._loss(batch, torch.from_numpy(items[idx]), gen, log_q)
+            with net.item_tower.shared_content():  # encode the catalogue's content once per step
+                loss = self._loss(batch, torch.from_numpy(items[idx]), gen, log_q)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -303,10 +306,11 @@ class MGR(ServingMixin, Recommender):
         out = np.empty((len(users), self.n_items_), dtype=np.float32)
         with torch.no_grad():
             self.net_.eval()
-            q = self._item_matrix()
-            for s in range(0, len(users), SCORE_CHUNK):
-                p = self.net_.user_vectors(self.context_.batch(users[s:s + SCORE_CHUNK]))[0]
-                out[s:s + SCORE_CHUNK] = (p @ q.T).numpy()
+            with self.net_.item_tower.shared_content():
+                q = self._item_matrix()
+                for s in range(0, len(users), SCORE_CHUNK):
+                    p = self.net_.user_vectors(self.context_.batch(users[s:s + SCORE_CHUNK]))[0]
+                    out[s:s + SCORE_CHUNK] = (p @ q.T).numpy()
         return out
 
     # -------------------------------------------------------------- persistence

@@ -26,6 +26,7 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
@@ -37,16 +38,18 @@ __all__ = [
     "SocialEncoder",
     "TimeEncoder",
     "UserEncoder",
+    "bag_sum",
     "bernoulli_keep",
     "init_module",
     "masked_softmax",
     "set_generator",
     "time_buckets",
+    "weighted_sum",
 ]
 
 _LAZY = {
     "ItemTower": "mgrec.encoders.item",
-    "ItemContentEncoder": "mgrec.encoders.item",
+    "ItemContentEncoder": "mgrec.encoders.content",
     "UserEncoder": "mgrec.encoders.user",
     "BehaviorEncoder": "mgrec.encoders.behavior",
     "SocialEncoder": "mgrec.encoders.social",
@@ -118,8 +121,29 @@ class GenDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        keep = bernoulli_keep(x.shape, 1.0 - self.p, self.generator, x.device)
-        return x * keep.to(x.dtype) / (1.0 - self.p)
+        # the same draws as bernoulli_keep, but the scaled 0/1 mask is made in place in the
+        # uniform tensor (no bool tensor, one multiplication: this runs on (B, L, D) activations)
+        gen = self.generator
+        u = torch.rand(tuple(x.shape), generator=gen, device=gen.device if gen is not None else x.device)
+        scale = u.lt_(1.0 - self.p).div_(1.0 - self.p).to(device=x.device, dtype=x.dtype)
+        return x * scale
+
+    def keep_mask(self, shape: tuple[int, ...], device: torch.device,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
+        """The 0/1 keep mask (of ``dtype``, the same draws as :meth:`forward`) for an input of
+        ``shape``, or ``None`` when inactive. For callers that fold the ``1 / (1 - p)`` scale
+        into a smaller tensor: ``forward(x) == (x * scale) * mask``. (A float mask, not a
+        bool one: multiplying by a bool tensor converts it on every use.)"""
+        if not self.training or self.p == 0.0:
+            return None
+        gen = self.generator
+        u = torch.rand(tuple(shape), generator=gen, device=gen.device if gen is not None else device)
+        return u.lt_(1.0 - self.p).to(device=device, dtype=dtype)
+
+    @property
+    def scale(self) -> float:
+        """The factor applied to kept elements while active, else 1."""
+        return 1.0 / (1.0 - self.p) if self.training and self.p > 0.0 else 1.0
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -145,6 +169,36 @@ def bernoulli_keep(
     gen_device = generator.device if generator is not None else device
     u = torch.rand(tuple(shape), generator=generator, device=gen_device)
     return (u < keep_prob).to(device)
+
+
+def bag_sum(table: torch.Tensor, index: torch.Tensor, weights: torch.Tensor | None, *,
+             padding_idx: int) -> torch.Tensor:
+    """``sum_l weights[..., l] * table[index[..., l]]`` in one fused gather (no ``(..., L, D)``
+    intermediate, in the forward or the backward pass).
+
+    Args:
+        table: ``(N, D)`` float rows.
+        index: int64 row indices ``(..., L)``; entries equal to ``padding_idx`` are skipped.
+        weights: ``(..., L)`` factors, or ``None`` for ones.
+        padding_idx: the padding index.
+
+    Returns:
+        ``(..., D)`` sums.
+    """
+    flat = index.reshape(-1, index.shape[-1])
+    psw = None if weights is None else weights.to(table.dtype).reshape(flat.shape)
+    out = F.embedding_bag(flat, table, mode="sum", per_sample_weights=psw, padding_idx=padding_idx)
+    return out.reshape(*index.shape[:-1], table.shape[1])
+
+
+def weighted_sum(vectors: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    """The sum of ``vectors`` ``(..., L, D)`` over ``L`` (weighted by ``weights`` ``(..., L)``
+    when given), as ``(..., D)``."""
+    if weights is None:
+        return vectors.sum(dim=-2)
+    lead, (length, dim) = vectors.shape[:-2], vectors.shape[-2:]
+    w = weights.to(vectors.dtype).reshape(-1, 1, length)
+    return torch.bmm(w, vectors.reshape(-1, length, dim)).reshape(*lead, dim)
 
 
 def set_generator(module: nn.Module, generator: torch.Generator | None) -> None:

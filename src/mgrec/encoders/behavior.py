@@ -60,15 +60,15 @@ class _CausalBlock(nn.Module):
         self.ff = _FeedForward(dim, dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """``x`` ``(B, L, D)``; ``mask`` ``(B, 1, L, L)`` bool, True where query may see key."""
+        """``x`` ``(B, L, D)``; ``mask`` ``(B, 1, L, L)`` additive float mask: 0 where the
+        query may see the key, ``-inf`` elsewhere; every query must see at least one key."""
         b, n, d = x.shape
         q, k, v = self.qkv(self.norm(x)).view(b, n, 3, self.n_heads, self.head_dim).unbind(dim=2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, dh)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
-        # (no dropout on the attention weights: drawing a (B, H, L, L) mask from a CPU
-        # generator costs more than the rest of the block)
-        att = masked_softmax(scores, mask)
-        h = (att @ v).transpose(1, 2).reshape(b, n, d)
+        # softmax over the allowed keys (masked ones get exactly 0). No dropout on the
+        # attention weights: a (B, H, L, L) mask from a CPU generator costs more than the block
+        scores = (q @ k.transpose(-1, -2)).mul_(1.0 / math.sqrt(self.head_dim)).add_(mask)
+        h = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(b, n, d)
         x = x + self.drop(self.out(h))
         return x + self.ff(x)
 
@@ -139,7 +139,9 @@ class BehaviorEncoder(nn.Module):
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns ``(vectors (B, D), present (B,) bool)``."""
-        x, valid = self._inputs(batch)
+        # set mode: the input dropout's 1 / (1 - p) rides on the (B, L) gate, so dropping is
+        # one multiplication of the (B, L, D) inputs by the 0/1 mask
+        x, valid = self._inputs(batch, 1.0 if self.mode == "sequence" else self.in_drop.scale)
         present = valid.any(dim=1)
         if self.mode == "sequence":
             states = self._states(x, valid, batch.hist_times[:, -self.max_len:], batch.time)
@@ -166,15 +168,20 @@ class BehaviorEncoder(nn.Module):
         states = self._states(x, valid, batch.hist_times[:, -self.max_len:], batch.time)
         return states * valid.unsqueeze(-1).to(states.dtype)
 
-    def _inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gated input vectors ``(B, L', D)`` of the last ``max_len`` events and their mask."""
+    def _inputs(self, batch: Batch, factor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gated input vectors ``(B, L', D)`` of the last ``max_len`` events (times
+        ``factor``) and their mask; padded positions are exactly zero."""
         hist = batch.hist_items[:, -self.max_len:]
         valid = hist != self.tower.n_items
-        x = self.in_proj(self.tower(hist))
+        gate = None
         if self.gate is not None:
             strength = torch.log1p(batch.hist_weights[:, -self.max_len:].clamp(min=0.0))
-            x = x * torch.sigmoid(self.gate(strength.unsqueeze(-1)))
-        return x, valid
+            gate = torch.sigmoid(self.gate(strength.unsqueeze(-1))).squeeze(-1)
+        if factor != 1.0:
+            gate = torch.full(hist.shape, factor, device=hist.device) if gate is None else gate * factor
+        # the (B, L) scale is applied inside the tower's lookup (in_proj is linear without
+        # bias, so scaling before or after it is the same)
+        return self.in_proj(self.tower(hist, scale=gate)), valid
 
     def _states(
         self, x: torch.Tensor, valid: torch.Tensor, times: torch.Tensor, now: torch.Tensor
@@ -193,15 +200,20 @@ class BehaviorEncoder(nn.Module):
         keep = valid.unsqueeze(-1).to(x.dtype)
         x = self.in_drop(x) * keep
         causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
-        mask = (causal.unsqueeze(0) & valid.unsqueeze(1)).unsqueeze(1)  # (B, 1, Lq, Lk)
+        # a padded query also sees itself, so no row is fully masked (its output is zeroed
+        # below; real queries never see padded keys)
+        eye = torch.eye(n, dtype=torch.bool, device=x.device)
+        allowed = ((causal.unsqueeze(0) & valid.unsqueeze(1)) | eye).unsqueeze(1)  # (B, 1, Lq, Lk)
+        mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill_(~allowed, -math.inf)
         for block in self.blocks:
             x = block(x, mask) * keep
         return self.norm(x)
 
     def _set(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        x = self.in_drop(x) * valid.unsqueeze(-1).to(x.dtype)
+        keep = self.in_drop.keep_mask(tuple(x.shape), x.device, x.dtype)  # x is pre-scaled (forward)
+        x = x if keep is None else x * keep  # padded positions are zero already
         logits = self.pool_query(torch.tanh(self.pool_key(x))).squeeze(-1)
         w = masked_softmax(logits, valid)
-        pooled = (w.unsqueeze(-1) * x).sum(dim=1)
+        pooled = torch.bmm(w.unsqueeze(1), x).squeeze(1)
         return pooled + self.ff(pooled)
 

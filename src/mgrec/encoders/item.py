@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mgrec.encoders import bernoulli_keep
-from mgrec.encoders.base import Batch
+from mgrec.encoders import bag_sum, bernoulli_keep, weighted_sum
+from mgrec.encoders.content import ItemContentEncoder
 
 __all__ = ["ItemContentEncoder", "ItemTower"]
 
@@ -74,6 +74,7 @@ class ItemTower(nn.Module):
         self.n_time_features = int(n_time_features)
         self.generator: torch.Generator | None = None
         self._content_cache: torch.Tensor | None = None
+        self._row_cache: torch.Tensor | None = None
         self.id_embedding = nn.Embedding(n_items + 1, dim, padding_idx=n_items)
         self.cat_embeddings = nn.ModuleList(
             nn.Embedding(int(c) + 1, dim, padding_idx=0) for c in cat_cardinalities
@@ -167,7 +168,11 @@ class ItemTower(nn.Module):
 
     # ------------------------------------------------------------------ vectors
     def forward(
-        self, items: torch.Tensor | None = None, *, generator: torch.Generator | None = None
+        self,
+        items: torch.Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Item vectors: id embedding (dropped per occurrence while training) + content.
 
@@ -175,19 +180,117 @@ class ItemTower(nn.Module):
             items: int64 item codes of any shape (``n_items`` = padding, a zero vector);
                 ``None`` for the whole catalogue ``0..n_items-1``.
             generator: draws the id dropout (default: ``self.generator``).
+            scale: optional factors of ``items``' shape multiplied into the vectors (fused
+                into the lookup: cheaper than scaling the result).
 
         Returns:
             ``items.shape + (D,)`` float vectors (``(n_items, D)`` for ``None``).
         """
         idx = self._index(items)
-        vec = self.id_embedding(idx)
-        if self.training and self.id_dropout > 0.0:
-            gen = generator if generator is not None else self.generator
-            keep = bernoulli_keep(idx.shape, 1.0 - self.id_dropout, gen, idx.device)
-            vec = vec * keep.unsqueeze(-1).to(vec.dtype)
-        if self.use_content:
-            vec = vec + self.content(idx)
-        return vec
+        vec = self._rows(idx, self._id_keep(idx, generator), self._row_table(idx.numel()))
+        return vec if scale is None else vec * scale.unsqueeze(-1).to(vec.dtype)
+
+    def pooled(
+        self,
+        items: torch.Tensor,
+        weights: torch.Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """``sum_l weights[..., l] * self(items)[..., l, :]``: the vectors summed over the last
+        axis of ``items`` (padding contributes nothing).
+
+        Args:
+            items: int64 item codes ``(..., L)``.
+            weights: ``(..., L)`` factors, or ``None`` for ones.
+            generator: draws the id dropout, exactly as :meth:`forward` would.
+
+        Returns:
+            ``(..., D)`` float vectors.
+        """
+        keep = self._id_keep(items, generator)
+        table = self._row_table(items.numel())
+        if table is None or items.dim() == 0 or items.shape[-1] == 0:
+            return weighted_sum(self._rows(items, keep, table), weights)
+        return bag_sum(table, self._row_index(items, keep, table), weights, padding_idx=table.shape[0] - 1)
+
+    def pooled_content(self, items: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """``sum_l weights[..., l] * self.content(items)[..., l, :]``.
+
+        Args:
+            items: int64 item codes ``(..., L)``.
+            weights: ``(..., L)`` factors, or ``None`` for ones.
+
+        Returns:
+            ``(..., D)`` float vectors (zeros when ``use_content`` is False).
+        """
+        table = self._content_table(items.numel()) if self.use_content else None
+        if table is None or items.dim() == 0 or items.shape[-1] == 0:
+            return weighted_sum(self.content(items), weights)
+        return bag_sum(table, items, weights, padding_idx=self.n_items)
+
+    def _id_keep(self, idx: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor | None:
+        """Per-occurrence bool "keep the id part" mask while training with id dropout, else None."""
+        if not (self.training and self.id_dropout > 0.0):
+            return None
+        gen = generator if generator is not None else self.generator
+        return bernoulli_keep(idx.shape, 1.0 - self.id_dropout, gen, idx.device)
+
+    def _rows(self, idx: torch.Tensor, keep: torch.Tensor | None, table: torch.Tensor | None) -> torch.Tensor:
+        """``idx.shape + (D,)`` vectors ``id * keep + content``; exactly zero for padding.
+
+        With ``table`` (from :meth:`_row_table`) this is one gather: kept occurrences read
+        ``id + content``, dropped ones ``content``, padding a constant zero row (so no
+        gradient reaches the padding rows). Without it the few rows are encoded.
+        """
+        n = self.n_items
+        valid = idx != n
+        if table is None:
+            vec = self.id_embedding(idx)
+            if keep is not None:
+                vec = vec * keep.unsqueeze(-1).to(vec.dtype)
+            if self.use_content:
+                vec = vec + self._encode_rows(idx.reshape(-1)).reshape(*idx.shape, self.dim)
+            return vec * valid.unsqueeze(-1).to(vec.dtype)
+        eff = self._row_index(idx, keep, table)
+        return table.index_select(0, eff.reshape(-1)).reshape(*idx.shape, self.dim)
+
+    def _row_index(self, idx: torch.Tensor, keep: torch.Tensor | None, table: torch.Tensor) -> torch.Tensor:
+        """Rows of :meth:`_row_table` to read: ``idx`` if kept, ``n_items + idx`` if the id is
+        dropped (the zero row without content), the last (zero) row for padding."""
+        n, zero_row = self.n_items, table.shape[0] - 1
+        if keep is None:
+            eff = idx
+        elif self.use_content:
+            eff = torch.where(keep, idx, idx + n)
+        else:
+            eff = torch.where(keep, idx, zero_row)
+        return torch.where(idx != n, eff, zero_row)
+
+    def _row_table(self, n_lookups: int) -> torch.Tensor | None:
+        """``[id + content; content; 0]`` (``2 n_items + 1`` rows), or ``[id; 0]`` without
+        content; ``None`` when encoding the looked-up rows one by one is cheaper (see
+        :meth:`_content_table`). Inside :meth:`shared_content` it is built once."""
+        if self._row_cache is not None:
+            return self._row_cache
+        content = self._content_table(n_lookups) if self.use_content else None
+        if self.use_content and content is None:
+            return None
+        n, ids = self.n_items, self.id_embedding.weight
+        zero = ids.new_zeros(1, self.dim)
+        return torch.cat([ids[:n], zero] if content is None else [ids[:n] + content[:n], content[:n], zero])
+
+    def _content_table(self, n_lookups: int) -> torch.Tensor | None:
+        """All rows' content vectors (padding included): the shared one inside
+        :meth:`shared_content`, a fresh one when ``n_lookups`` exceeds the catalogue (cheaper
+        to encode every item once and gather), else ``None``."""
+        if self._content_cache is not None:
+            return self._content_cache
+        return self._encode_rows(None) if n_lookups > self.n_items else None
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return self.id_embedding.weight.dtype
 
     def content(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """The content-only part of the item vectors (zeros when ``use_content`` is False).
@@ -201,26 +304,26 @@ class ItemTower(nn.Module):
         idx = self._index(items)
         if not self.use_content:
             return self.id_embedding.weight.new_zeros(*idx.shape, self.dim)
-        if self._content_cache is not None:
-            return self._content_cache[idx]
-        flat = idx.reshape(-1)
-        if flat.numel() > self.n_items:  # cheaper to encode every item once and gather
-            return self._encode_rows(None)[idx]
-        return self._encode_rows(flat).reshape(*idx.shape, self.dim)
+        table = self._content_table(idx.numel())
+        if table is not None:
+            return table.index_select(0, idx.reshape(-1)).reshape(*idx.shape, self.dim)
+        return self._encode_rows(idx.reshape(-1)).reshape(*idx.shape, self.dim)
 
     @contextmanager
     def shared_content(self) -> Iterator[None]:
         """Within the block, every content lookup gathers from one table of all items' content
         vectors, computed once (the same values and gradients, less work when the item tower is
         used several times in one step: history, friends' items, the catalogue)."""
-        outer = self._content_cache is not None
-        if self.use_content and not outer:
-            self._content_cache = self._encode_rows(None)
+        outer = self._content_cache is not None or self._row_cache is not None
+        if not outer:
+            if self.use_content:
+                self._content_cache = self._encode_rows(None)
+            self._row_cache = self._row_table(self.n_items + 1)
         try:
             yield
         finally:
             if not outer:
-                self._content_cache = None
+                self._content_cache = self._row_cache = None
 
     def _encode_rows(self, rows: torch.Tensor | None) -> torch.Tensor:
         """Content vectors of the buffer rows ``rows`` (``None``: all rows, padding included)."""
@@ -285,46 +388,3 @@ class ItemTower(nn.Module):
         if self.time_proj is not None:
             out = out + self.time_proj(time_feats)
         return out
-
-
-class ItemContentEncoder(nn.Module):
-    """Granularity ``item``: the user's taste in content space.
-
-    The weighted mean of the tower's content vectors over the history (weights = event
-    strengths ``hist_weights``; uniform when all of a row's strengths are zero; padding
-    ignored), through a linear layer. Present when the row has history and the tower uses
-    content.
-
-    Args:
-        tower: the shared item tower (held by reference, not registered as a submodule, so
-            its parameters appear once, under the model that owns the tower).
-        dim: the output size ``D``.
-    """
-
-    granularity = "item"
-
-    def __init__(self, tower: ItemTower, dim: int) -> None:
-        super().__init__()
-        self._tower = (tower,)
-        self.out_dim = int(dim)
-        self.proj = nn.Linear(tower.dim, dim)
-
-    @property
-    def tower(self) -> ItemTower:
-        return self._tower[0]
-
-    def shared_modules(self) -> dict[str, nn.Module]:
-        """Modules this encoder uses but does not own (the model registers them once)."""
-        return {"item_tower": self.tower}
-
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns ``(vectors (B, D), present (B,) bool)``."""
-        hist = batch.hist_items
-        valid = hist != self.tower.n_items
-        w = torch.where(valid, batch.hist_weights.clamp(min=0.0), torch.zeros_like(batch.hist_weights))
-        no_strength = w.sum(dim=1, keepdim=True) <= 0
-        w = torch.where(no_strength, valid.to(w.dtype), w)
-        w = w / w.sum(dim=1, keepdim=True).clamp(min=1e-12)
-        taste = (self.tower.content(hist) * w.unsqueeze(-1)).sum(dim=1)
-        present = valid.any(dim=1) & self.tower.use_content
-        return self.proj(taste) * present.unsqueeze(-1).to(taste.dtype), present

@@ -113,10 +113,9 @@ class SocialEncoder(nn.Module):
         friends, f_items = batch.friends, batch.friend_items
         valid = friends != self.n_users
         present = valid.any(dim=1)
-        item_ok = (f_items != self.tower.n_items).unsqueeze(-1)
-        item_vecs = self.tower(f_items) * item_ok.to(self.user_table.weight.dtype)
-        counts = item_ok.sum(dim=2).clamp(min=1).to(item_vecs.dtype)
-        reps = self.user_table(friends) + item_vecs.sum(dim=2) / counts  # (B, F, D)
+        item_ok = f_items != self.tower.n_items
+        counts = item_ok.sum(dim=2, keepdim=True).clamp(min=1).to(self.user_table.weight.dtype)
+        reps = self.user_table(friends) + self.tower.pooled(f_items) / counts  # (B, F, D)
         me = self.user_table(batch.users)
         logits = (self.key(reps) @ self.query(me).unsqueeze(-1)).squeeze(-1) / math.sqrt(reps.shape[-1])
         w = masked_softmax(logits, valid)

@@ -201,3 +201,26 @@ def test_empty_after_filtering_is_one_line(folder, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "empty after filtering" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "m").exists()
+
+
+def test_benchmark_ablation_and_fusion_rows(folder, tmp_path):
+    out = tmp_path / "ablate.json"
+    config = json.dumps({"mgr": {"dim": 8, "epochs": 1, "max_len": 5, "batch_size": 128}})
+    assert main(["benchmark", "--datasets", f"folder:{folder}", "--models", "mgr", "--seeds", "1",
+                 "--no-tune", "--ablation", "--fusions", "weighted,deep", "--config", config,
+                 "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    names = [r["model"] for r in rows]
+    # the folder has user and item features, behaviour, friends and timestamps
+    assert names == ["mgr", "mgr-weighted", "mgr-deep", "mgr-no-user", "mgr-no-item", "mgr-no-behavior",
+                     "mgr-no-social", "mgr-no-time"]
+    by_name = {r["model"]: r for r in rows}
+    assert by_name["mgr-deep"]["model_config"]["fusion"] == "deep"
+    assert "social" not in by_name["mgr-no-social"]["model_config"]["granularities"]
+    assert set(by_name["mgr-no-time"]["model_config"]["granularities"]) == {"user", "item", "behavior", "social"}
+
+
+def test_benchmark_rejects_unknown_fusion(folder, tmp_path, capsys):
+    assert main(["benchmark", "--datasets", f"folder:{folder}", "--models", "pop", "--fusions", "sum",
+                 "--out", str(tmp_path / "x.json")]) == 2
+    assert "unknown fusion 'sum'" in capsys.readouterr().err

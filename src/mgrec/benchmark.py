@@ -8,7 +8,6 @@ budget and the chosen values go into every row.
 
 from __future__ import annotations
 
-import json
 import logging
 import multiprocessing as mp
 import resource
@@ -16,10 +15,10 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from mgrec.errors import ConfigError, MgrecError
 from mgrec.experiment import ExperimentConfig, run_experiment
 from mgrec.io import atomic_write_json, atomic_write_text
 
@@ -69,8 +68,6 @@ def _run_isolated(cfg: ExperimentConfig) -> dict[str, Any]:
     status, payload = queue.get()
     proc.join()
     if status != "ok":
-        from mgrec.errors import MgrecError
-
         raise MgrecError(f"{cfg.dataset}/{cfg.model}/seed {cfg.seed}: {payload}")
     return payload
 
@@ -86,6 +83,8 @@ def run_benchmark(
     tune_budget: int | None = None,
     data_root: str | None = None,
     model_configs: dict[str, dict[str, Any]] | None = None,
+    ablation: bool = False,
+    fusions: list[str] | None = None,
     isolate: bool = True,
     on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -101,6 +100,8 @@ def run_benchmark(
         tune_budget: at most this many trials per model.
         data_root: where the datasets are.
         model_configs: fixed configs per model (skip tuning of the keys they set).
+        ablation: add ``mgr-no-<granularity>`` rows (see :func:`expand_models`).
+        fusions: add ``mgr-<fusion>`` rows.
         isolate: run each row in a fresh process (honest peak RSS).
         on_row: called with each finished row (progress reporting).
 
@@ -110,9 +111,15 @@ def run_benchmark(
     rows: list[dict[str, Any]] = []
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     for dataset in datasets:
-        for model in models:
-            config = dict((model_configs or {}).get(model, {}))
-            tuned = False
+        tuned_configs: dict[str, dict[str, Any]] = {}
+        for row_name, model, fixed in expand_models(dataset, models, ablation=ablation, fusions=fusions,
+                                                     data_root=data_root):
+            config = {**(model_configs or {}).get(model, {}), **fixed}
+            # a variant (mgr-no-social, mgr-deep ...) reuses the plain model's tuned values
+            inherited = model != row_name and model in tuned_configs
+            if inherited:
+                config = {**tuned_configs[model], **fixed}
+            tuned, tuning = inherited or not tune, {"reused_from": model} if inherited else {}
             for seed in range(seeds):
                 cfg = ExperimentConfig(
                     dataset=dataset,
@@ -120,22 +127,53 @@ def run_benchmark(
                     split=split,
                     seed=seed,
                     model_config=config,
-                    tune=tune and not tuned,
+                    tune=not tuned,
                     tune_budget=tune_budget,
                     data_root=data_root,
                 )
                 row = _run_isolated(cfg) if isolate else _inline(cfg)
+                row["model"] = row_name
                 if cfg.tune:
                     config = dict(row["model_config"])
+                    tuned_configs.setdefault(row_name, config)
                     tuned = True
-                    tuning = row.get("tuning", {})
-                elif tune:
-                    row["tuning"] = {**tuning, "reused_from_seed": 0}
+                    tuning = {**row.get("tuning", {}), "reused_from_seed": 0}
+                elif tuning:
+                    row["tuning"] = tuning
                 rows.append(row)
                 if on_row is not None:
                     on_row(row)
                 _write(out, rows, started, split)
     return rows
+
+
+def expand_models(
+    dataset: str,
+    models: list[str],
+    *,
+    ablation: bool = False,
+    fusions: list[str] | None = None,
+    data_root: str | None = None,
+) -> list[tuple[str, str, dict[str, Any]]]:
+    """The rows to run for one dataset: ``(row name, model name, fixed config)``.
+
+    ``fusions`` adds ``mgr-<fusion>`` rows; ``ablation`` adds ``mgr-no-<granularity>`` for each
+    granularity the dataset has (the fused model trained without it).
+    """
+    specs = [(m, m, {}) for m in models]
+    for fusion in fusions or []:
+        from mgrec.fusion import FUSIONS
+
+        if fusion not in FUSIONS:
+            raise ConfigError(f"unknown fusion {fusion!r}; choose from {', '.join(FUSIONS)}")
+        specs.append((f"mgr-{fusion}", "mgr", {"fusion": fusion}))
+    if ablation:
+        from mgrec.data.registry import load_dataset
+
+        present = load_dataset(dataset, root=data_root).granularities
+        for g in present:
+            specs.append((f"mgr-no-{g}", "mgr", {"granularities": [x for x in present if x != g]}))
+    return specs
 
 
 def _inline(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -145,8 +183,6 @@ def _inline(cfg: ExperimentConfig) -> dict[str, Any]:
     _worker(cfg, q)
     status, payload = q.get()
     if status != "ok":
-        from mgrec.errors import MgrecError
-
         raise MgrecError(payload)
     return payload
 
@@ -183,11 +219,3 @@ def markdown_table(rows: list[dict[str, Any]], *, title: str = "", command: str 
         cells += [f"{max(r['peak_rss_mb'] for r in grp):.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def load_rows(path: Path) -> list[dict[str, Any]]:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
-
-
-def with_seed(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:
-    return replace(cfg, seed=seed)

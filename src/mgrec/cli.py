@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-tune", action="store_true", help="use default hyperparameters")
     bench.add_argument("--tune-budget", type=int)
     bench.add_argument("--data-root")
+    bench.add_argument("--config", type=_config_arg, default={},
+                       help='fixed configs per model, JSON: {"mgr": {"dim": 64}}')
+    bench.add_argument("--ablation", action="store_true",
+                       help="add mgr-no-<granularity> rows, one per granularity the dataset has")
+    bench.add_argument("--fusions", type=_csv_list, default=None,
+                       help="add mgr-<fusion> rows, e.g. weighted,product,deep,gated")
 
     demo = sub.add_parser("demo", help="train and compare the models on the synthetic dataset")
     demo.add_argument("--seed", type=int, default=0)
@@ -237,7 +243,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     run_benchmark(args.datasets, args.models, split=args.split, seeds=args.seeds, out=out,
                   tune=not args.no_tune, tune_budget=args.tune_budget, data_root=args.data_root,
-                  on_row=report)
+                  model_configs=args.config, ablation=args.ablation, fusions=args.fusions, on_row=report)
     print(f"wrote {out} and {out.with_suffix('.md')}")
     return 0
 

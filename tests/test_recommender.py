@@ -85,3 +85,17 @@ def test_bad_model_json_is_refused(tmp_path):
         Fixed.load(tmp_path / "m")
     with pytest.raises(DataError, match="model.json is missing"):
         Fixed.load(tmp_path / "nothing")
+
+
+def test_users_without_training_history_get_popularity():
+    inter = pd.DataFrame({"user": [0, 0, 1, 1], "item": [3, 4, 3, 2], "weight": np.float32([1, 1, 1, 1])})
+    ds = Dataset("t", Vocabulary(["a", "b", "cold"]), Vocabulary(list("vwxyz")), inter)
+    m = Fixed().fit(ds, inter)
+    # user 2 has no training row: item 3 (2 events), then 2 and 4 (1 each, lower code first), then 0, 1
+    assert m.recommend(2, k=5)[0].tolist() == [3, 2, 4, 0, 1]
+    assert m.recommend(0, k=2)[0].tolist() == [0, 1]  # known users keep the model's own scores
+    Fixed.cold_users_get_popularity = False
+    try:
+        assert m.recommend(2, k=2)[0].tolist() == [0, 1]
+    finally:
+        Fixed.cold_users_get_popularity = True

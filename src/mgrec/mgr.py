@@ -186,6 +186,9 @@ class MGR(ServingMixin, Recommender):
         best_valid_: its validation NDCG@10.
     """
 
+    cold_users_get_popularity = False  # features and friends rank users without history
+
+
     name = "mgr"
 
     def __init__(self, config: dict[str, Any] | None = None, *, seed: int = 0) -> None:

@@ -58,11 +58,16 @@ class Recommender(ABC):
     """
 
     name: ClassVar[str] = "base"
+    #: Users without any training interaction get the popularity ranking instead of the
+    #: model's scores (which carry no information for them). Models that can rank such users
+    #: from other signals (features, friends) set this to ``False``.
+    cold_users_get_popularity: ClassVar[bool] = True
 
     def __init__(self) -> None:
         self.n_users_: int = 0
         self.n_items_: int = 0
         self.seen_: sp.csr_matrix | None = None
+        self._pop_cache: np.ndarray | None = None
 
     # ----------------------------------------------------------------- training
     def fit(
@@ -75,6 +80,7 @@ class Recommender(ABC):
         """
         self.n_users_, self.n_items_ = dataset.n_users, dataset.n_items
         self.seen_ = to_csr(train, dataset.n_users, dataset.n_items)
+        self._pop_cache = None
         self._fit(dataset, train, valid)
         return self
 
@@ -123,6 +129,10 @@ class Recommender(ABC):
         single = np.ndim(users) == 0
         users = np.atleast_1d(np.asarray(users, dtype=np.int64))
         scores = np.array(self.score(users), dtype=np.float32, copy=True)
+        if self.cold_users_get_popularity and self.seen_ is not None:
+            cold = np.diff(self.seen_.indptr)[users] == 0
+            if cold.any():
+                scores[cold] = self._popularity()
         if filter_seen and self.seen_ is not None:
             _mask(scores, self.seen_[users])
         if exclude is not None:
@@ -136,6 +146,13 @@ class Recommender(ABC):
         if single:
             return idx[0], vals[0]
         return idx, vals
+
+    def _popularity(self) -> np.ndarray:
+        """Training interaction counts per item (the fallback ranking for cold users)."""
+        if self._pop_cache is None:
+            assert self.seen_ is not None
+            self._pop_cache = np.asarray(self.seen_.sum(axis=0), dtype=np.float32).ravel()
+        return self._pop_cache
 
     # ------------------------------------------------------------------ persistence
     def config_dict(self) -> dict[str, Any]:

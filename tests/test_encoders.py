@@ -7,6 +7,7 @@ friends and a row with an unknown request time.
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -37,13 +38,14 @@ NU, NI, D = 25, 30, 8
 B, L, F, LF = 7, 6, 3, 4
 T0 = 1_600_000_000.0
 LENGTHS = [0, 1, 3, 6, 6, 2, 4]  # history length per row; row 0 has none
-KINDS = ["user", "item", "behavior_seq", "behavior_set", "social", "time"]
+KINDS = ["user", "item", "behavior_seq", "behavior_set", "behavior_set_cf", "social", "time"]
 # row 0: no history/friends; row 2: unknown user, no features; row 6: unknown time
 EXPECTED_PRESENT = {
     "user": [1, 1, 0, 1, 1, 1, 1],
     "item": [0, 1, 1, 1, 1, 1, 1],
     "behavior_seq": [0, 1, 1, 1, 1, 1, 1],
     "behavior_set": [0, 1, 1, 1, 1, 1, 1],
+    "behavior_set_cf": [0, 1, 1, 1, 1, 1, 1],
     "social": [0, 1, 1, 1, 1, 1, 1],
     "time": [1, 1, 1, 1, 1, 1, 0],
 }
@@ -113,6 +115,7 @@ def build(kind: str, seed: int = 1, *, set_data: bool = True) -> tuple[nn.Module
         "item": lambda: ItemContentEncoder(tower, D),
         "behavior_seq": lambda: BehaviorEncoder(tower, D, mode="sequence", max_len=8, n_heads=2),
         "behavior_set": lambda: BehaviorEncoder(tower, D, mode="set"),
+        "behavior_set_cf": lambda: BehaviorEncoder(tower, D, mode="set", hist_dropout=0.5, linear=True),
         "social": lambda: SocialEncoder(user.id_embedding, tower, D, adjacency=adjacency()),
         "time": lambda: TimeEncoder(D, t_min=T0, t_max=T0 + 4_000_000, n_items=NI),
     }[kind]()
@@ -497,3 +500,41 @@ def test_gen_dropout_mask_and_scale_match_forward():
     assert set(keep.unique().tolist()) == {0.0, 1.0} and set(out[keep == 0].tolist()) == {0.0}
     drop.eval()
     assert drop.keep_mask((5, 7), x.device) is None and drop.scale == 1.0 and torch.equal(drop(x), x)
+
+
+def test_set_mode_hist_dropout_drops_whole_events_but_never_a_whole_row():
+    _, enc = build("behavior_set_cf")
+    enc.hist_drop.p = 0.9
+    enc.linear.weight.data.zero_()  # only the pooled path, which sees the kept events
+    batch = make_batch()
+    enc.train()
+    enc.in_drop.p = 0.0
+    enc.ff.drop.p = enc.ff.net[2].p = 0.0
+    set_generator(enc, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        a, present = enc(batch)
+    set_generator(enc, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        b, _ = enc(batch)
+    torch.testing.assert_close(a, b)  # the draws come from the generator
+    assert present.tolist() == [bool(x) for x in EXPECTED_PRESENT["behavior_set"]]
+    assert torch.isfinite(a).all() and (a[1:].abs().sum(dim=1) > 0).all()  # no row lost everything
+    enc.eval()
+    with torch.no_grad():
+        full, _ = enc(batch)
+    assert not torch.allclose(a[3:5], full[3:5])  # long rows lost events while training
+
+
+def test_set_mode_linear_path_is_the_scaled_sum_of_untied_embeddings():
+    _, enc = build("behavior_set_cf")
+    batch = make_batch()
+    with torch.no_grad():
+        with_lin, _ = enc(batch)
+        weight = enc.linear.weight.data.clone()
+        enc.linear.weight.data.zero_()
+        without, _ = enc(batch)
+    hist = batch.hist_items[:, -enc.max_len:]
+    for r in range(B):
+        items = hist[r][hist[r] != NI]
+        expect = weight[items].sum(dim=0) / math.sqrt(max(len(items), 1)) if len(items) else torch.zeros(D)
+        torch.testing.assert_close(with_lin[r] - without[r], expect, atol=1e-5, rtol=1e-5)

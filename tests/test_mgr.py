@@ -192,3 +192,30 @@ def test_config_and_usage_errors(trained):
         MGR().score(np.array([0]))
     with pytest.raises(ConfigError, match="out of range"):
         trained.score(np.array([10_000]))
+
+
+def test_set_mode_trains_at_the_serving_request_time(data, monkeypatch):
+    """Order-free training must not hand the target's own timestamp to the model (a leak the
+    time granularity would learn and never see when scoring): rows get the default request
+    time, the user's last training event + 1 s, exactly as in score()."""
+    from mgrec.batching import ContextBuilder
+
+    ds, split = data
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    original = ContextBuilder.batch
+
+    def spy(self, users, *, times=None, cutoff=None, exclude=None):
+        out = original(self, users, times=times, cutoff=cutoff, exclude=exclude)
+        if exclude is not None:
+            seen.append((np.asarray(times is None), out.time.numpy().copy()))
+        return out
+
+    monkeypatch.setattr(ContextBuilder, "batch", spy)
+    model = MGR({**SMALL, "epochs": 1, "behavior_mode": "set", "hist_dropout": 0.3}, seed=0)
+    model.fit(ds, split.train, split.valid)
+    assert seen and all(bool(none) for none, _ in seen)
+    last = split.train.groupby("user")["timestamp"].max()
+    ctx = model.context_
+    users = np.arange(10)
+    expect = (last.reindex(users).to_numpy(np.float64) + 1.0).astype(np.float32)  # Batch.time is float32
+    np.testing.assert_array_equal(ctx.batch(users).time.numpy(), expect)

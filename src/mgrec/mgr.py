@@ -77,6 +77,9 @@ class MGRConfig:
         patience: evaluations without improvement before stopping.
         id_dropout: probability of dropping an item's or user's id part while training.
         dropout: dropout inside the encoders.
+        hist_dropout: set mode: probability of dropping a whole history event while training.
+        linear: set mode: add a linear item-item path (untied input embeddings) to the
+            behavior granularity.
         max_len: history events per user.
         max_friends: friends per user.
         friend_len: recent items per friend.
@@ -100,6 +103,8 @@ class MGRConfig:
     patience: int = 5
     id_dropout: float = 0.1
     dropout: float = 0.2
+    hist_dropout: float = 0.0
+    linear: bool = False
     max_len: int = 50
     max_friends: int = 20
     friend_len: int = 10
@@ -125,7 +130,7 @@ class MGRConfig:
                                  f"got {self.granularities}")
         if self.lr <= 0 or self.weight_decay < 0 or self.threads < 0:
             raise ValueError("lr must be > 0, weight_decay and threads >= 0")
-        for name in ("id_dropout", "dropout"):
+        for name in ("id_dropout", "dropout", "hist_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
 
@@ -270,8 +275,11 @@ class MGR(ServingMixin, Recommender):
         total = 0.0
         for start in range(0, len(perm), cfg.batch_size):
             idx = perm[start:start + cfg.batch_size]
-            batch = ctx.batch(users[idx], times=times[idx], cutoff=pos[idx] if sequence else None,
-                              exclude=None if sequence else pos[idx])
+            # set mode: the request time is the serving one (the user's last training event
+            # + 1 s), not the target's own time, which would leak the target into the time
+            # granularity (and friends' windows) and never be available when scoring
+            batch = ctx.batch(users[idx], times=times[idx] if sequence else None,
+                              cutoff=pos[idx] if sequence else None, exclude=None if sequence else pos[idx])
             with net.item_tower.shared_content():  # encode the catalogue's content once per step
                 loss = self._loss(batch, torch.from_numpy(items[idx]), gen, log_q)
             opt.zero_grad(set_to_none=True)

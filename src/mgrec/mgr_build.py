@@ -40,6 +40,7 @@ def net_spec(cfg: Any, granularities: list[str], behavior_mode: str, ctx: Contex
         "n_users": ctx.n_users, "n_items": ctx.n_items, "dim": cfg.dim,
         "granularities": list(granularities), "fusion": cfg.fusion, "behavior_mode": behavior_mode,
         "id_dropout": cfg.id_dropout, "dropout": cfg.dropout, "max_len": cfg.max_len,
+        "hist_dropout": cfg.hist_dropout, "linear": cfg.linear,
         "item": {"cardinalities": list(fa.cardinalities), "n_numeric": int(fa.num.shape[1]),
                  "n_bag_tokens": fa.n_bag_tokens - 1, "n_time_features": int(items.time_feats.shape[1])},
         "user": {"cardinalities": list(ua.cardinalities), "n_numeric": int(ua.num.shape[1]),
@@ -98,7 +99,9 @@ def build_net(spec: dict[str, Any], ctx: ContextBuilder, items: ItemArrays, *, s
         encoders["item"] = ItemContentEncoder(tower, dim)
     if "behavior" in grans:
         encoders["behavior"] = BehaviorEncoder(tower, dim, mode=spec["behavior_mode"], max_len=spec["max_len"],
-                                               dropout=spec["dropout"])
+                                               dropout=spec["dropout"],
+                                               hist_dropout=float(spec.get("hist_dropout", 0.0)),
+                                               linear=bool(spec.get("linear", False)))
     if "social" in grans:
         table = encoders["user"].id_embedding if "user" in encoders else \
             nn.Embedding(n_users + 1, dim, padding_idx=n_users)

@@ -10,7 +10,11 @@ more than a 1-star one).
   time-gap embeddings per event: the gap since the previous event and the event's age at
   request time (``batch.time``). The output is the latest event's position.
 * ``mode="set"`` (unordered data, e.g. a random split): an order-free attention-pooled set
-  encoder with a residual feed-forward layer; no positions, no times.
+  encoder with a residual feed-forward layer; no positions, no times. Two options suit
+  collaborative filtering on unordered histories: ``hist_dropout`` drops whole history
+  events while training (the denoising of Mult-DAE / EASE-style reconstruction), and
+  ``linear`` adds a FISM-style linear item-item path ``|H|^-1/2 sum_{j in H} w_j`` with its
+  own (untied) input embeddings ``w_j``, so ``q_v . p`` gains a low-rank item-item term.
 
 Padding never changes the output: padded positions are zeroed, masked out as keys, and
 positions are counted from the end, so extra left padding is invisible.
@@ -23,7 +27,7 @@ import math
 import torch
 from torch import nn
 
-from mgrec.encoders import N_TIME_BUCKETS, GenDropout, masked_softmax, time_buckets
+from mgrec.encoders import N_TIME_BUCKETS, GenDropout, masked_softmax, time_buckets, weighted_sum
 from mgrec.encoders.base import Batch
 from mgrec.encoders.item import ItemTower
 from mgrec.errors import ConfigError
@@ -86,6 +90,9 @@ class BehaviorEncoder(nn.Module):
         dropout: dropout rate on the inputs and on every sublayer's output.
         weight_gate: scale each input vector by a learned gate on its event strength.
         n_time_buckets: log2 time-gap buckets, including bucket 0 for unknown gaps.
+        hist_dropout: set mode, training only: probability of dropping a whole history event
+            (a row never loses all of its events).
+        linear: set mode: add the linear item-item path (see the module docstring).
 
     Raises:
         ConfigError: for an unknown mode or inconsistent sizes.
@@ -105,6 +112,8 @@ class BehaviorEncoder(nn.Module):
         dropout: float = 0.2,
         weight_gate: bool = True,
         n_time_buckets: int = N_TIME_BUCKETS,
+        hist_dropout: float = 0.0,
+        linear: bool = False,
     ) -> None:
         super().__init__()
         if mode not in BEHAVIOR_MODES:
@@ -118,6 +127,9 @@ class BehaviorEncoder(nn.Module):
         self.in_proj = nn.Linear(tower.dim, dim, bias=False) if tower.dim != dim else nn.Identity()
         self.gate = nn.Linear(1, 1) if weight_gate else None
         self.in_drop = GenDropout(dropout)
+        self.hist_drop = GenDropout(hist_dropout)
+        self.linear = nn.Embedding(tower.n_items + 1, dim, padding_idx=tower.n_items) \
+            if linear and mode == "set" else None
         if mode == "sequence":
             self.positions = nn.Embedding(max_len, dim)
             self.prev_gap = nn.Embedding(n_time_buckets, dim)
@@ -151,7 +163,7 @@ class BehaviorEncoder(nn.Module):
             last = torch.where(valid, cols, torch.zeros_like(cols)).max(dim=1).values
             out = states[torch.arange(b, device=x.device), last]
         else:
-            out = self._set(x, valid)
+            out = self._set(x, valid, batch.hist_items[:, -self.max_len:])
         return out * present.unsqueeze(-1).to(out.dtype), present
 
     def states(self, batch: Batch) -> torch.Tensor:
@@ -209,11 +221,21 @@ class BehaviorEncoder(nn.Module):
             x = block(x, mask) * keep
         return self.norm(x)
 
-    def _set(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def _set(self, x: torch.Tensor, valid: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
         keep = self.in_drop.keep_mask(tuple(x.shape), x.device, x.dtype)  # x is pre-scaled (forward)
         x = x if keep is None else x * keep  # padded positions are zero already
+        events = self.hist_drop.keep_mask(tuple(valid.shape), valid.device, torch.bool)
+        if events is not None:  # drop whole events, but never all of a row's events
+            kept = valid & events
+            valid = torch.where(kept.any(dim=1, keepdim=True), kept, valid)
         logits = self.pool_query(torch.tanh(self.pool_key(x))).squeeze(-1)
         w = masked_softmax(logits, valid)
         pooled = torch.bmm(w.unsqueeze(1), x).squeeze(1)
-        return pooled + self.ff(pooled)
+        out = pooled + self.ff(pooled)
+        if self.linear is not None:
+            mask = valid.to(x.dtype)
+            norm = mask.sum(dim=1, keepdim=True).clamp(min=1.0).rsqrt()
+            idx = torch.where(valid, hist, torch.full_like(hist, self.tower.n_items))
+            out = out + weighted_sum(self.linear(idx), mask * norm)
+        return out
 

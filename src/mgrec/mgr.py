@@ -96,14 +96,16 @@ class MGRConfig:
     n_negatives: int = 256
     optimizer: str = "adamw"
     lr: float = 1e-3
-    weight_decay: float = 0.0
+    # weight_decay, patience and hist_dropout: best on ml-100k validation (seed 0): valid
+    # NDCG@10 0.2620 against 0.2409 with weight_decay 0.5 alone (EASE: 0.2630)
+    weight_decay: float = 0.5
     batch_size: int = 256
     epochs: int = 100
     eval_every: int = 1
-    patience: int = 5
+    patience: int = 10
     id_dropout: float = 0.1
     dropout: float = 0.2
-    hist_dropout: float = 0.0
+    hist_dropout: float = 0.5
     linear: bool = False
     max_len: int = 50
     max_friends: int = 20

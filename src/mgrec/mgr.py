@@ -83,7 +83,7 @@ class MGRConfig:
         max_len: history events per user.
         max_friends: friends per user.
         friend_len: recent items per friend.
-        threads: torch threads while training (0: unchanged).
+        threads: torch threads while training (0: torch's default, one per core).
         progress: show a progress bar over epochs.
     """
 
@@ -95,11 +95,13 @@ class MGRConfig:
     loss: str = "softmax"
     n_negatives: int = 256
     optimizer: str = "adamw"
-    lr: float = 1e-3
-    # weight_decay, patience and hist_dropout: best on ml-100k validation (seed 0): valid
-    # NDCG@10 0.2620 against 0.2409 with weight_decay 0.5 alone (EASE: 0.2630)
-    weight_decay: float = 0.5
-    batch_size: int = 256
+    # lr, weight_decay, batch_size, patience and hist_dropout: best on ml-100k validation
+    # (seed 0): valid NDCG@10 0.2644 at about 3 s per epoch on 2 cores (EASE: 0.2630). With
+    # batches of 1024 the decoupled decay per epoch (steps x lr x weight_decay) equals that
+    # of batches of 256 at lr 1e-3 and weight_decay 0.5, which it replaced.
+    lr: float = 2e-3
+    weight_decay: float = 1.0
+    batch_size: int = 1024
     epochs: int = 100
     eval_every: int = 1
     patience: int = 10
@@ -110,7 +112,7 @@ class MGRConfig:
     max_len: int = 50
     max_friends: int = 20
     friend_len: int = 10
-    threads: int = 1
+    threads: int = 0
     progress: bool = False
 
     def __post_init__(self) -> None:

@@ -87,7 +87,8 @@ DEFAULT_GRIDS: dict[str, dict[str, list[Any]]] = {
     "multivae": {"latent": [64, 200], "total_anneal_steps": [2000, 20000, 200000]},
     "lightgcn": {"lr": [2e-3, 5e-3, 1e-2], "reg_weight": [1e-4, 1e-3]},
     "sasrec": {"dropout": [0.2, 0.5], "max_len": [50, 200]},
-    "mgr": {"weight_decay": [0.2, 0.5, 1.0], "hist_dropout": [0.0, 0.5], "lr": [1e-3, 2e-3]},
+    # six trials, the budget of lightgcn and multivae
+    "mgr": {"weight_decay": [0.5, 1.0, 2.0], "hist_dropout": [0.5, 0.7]},
 }
 
 

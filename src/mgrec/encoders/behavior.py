@@ -9,12 +9,15 @@ more than a 1-star one).
   ICDM 2018) with learned positions counted from the most recent event, plus two log2
   time-gap embeddings per event: the gap since the previous event and the event's age at
   request time (``batch.time``). The output is the latest event's position.
-* ``mode="set"`` (unordered data, e.g. a random split): an order-free attention-pooled set
-  encoder with a residual feed-forward layer; no positions, no times. Two options suit
-  collaborative filtering on unordered histories: ``hist_dropout`` drops whole history
-  events while training (the denoising of Mult-DAE / EASE-style reconstruction), and
-  ``linear`` adds a FISM-style linear item-item path ``|H|^-1/2 sum_{j in H} w_j`` with its
-  own (untied) input embeddings ``w_j``, so ``q_v . p`` gains a low-rank item-item term.
+* ``mode="set"`` (unordered data, e.g. a random split): an order-free bag encoder,
+  ``p = h + FF(h)`` with ``h = |H|^-1/2 sum_{j in H} g_j q_j`` (``g_j``: the strength gate).
+  The sum is one fused gather (``embedding_bag``), so no ``(B, L, D)`` tensor is built: on
+  ml-100k this halves the epoch time of an attention-pooled set at the same validation
+  NDCG@10. No positions, no times. Two options suit collaborative filtering on unordered
+  histories: ``hist_dropout`` drops whole history events while training (the denoising of
+  Mult-DAE / EASE-style reconstruction), and ``linear`` adds a FISM-style linear item-item
+  path ``|H|^-1/2 sum_{j in H} w_j`` with its own (untied) input embeddings ``w_j``, so
+  ``q_v . p`` gains a low-rank item-item term.
 
 Padding never changes the output: padded positions are zeroed, masked out as keys, and
 positions are counted from the end, so extra left padding is invisible.
@@ -27,7 +30,7 @@ import math
 import torch
 from torch import nn
 
-from mgrec.encoders import N_TIME_BUCKETS, GenDropout, masked_softmax, time_buckets, weighted_sum
+from mgrec.encoders import N_TIME_BUCKETS, GenDropout, bag_sum, time_buckets
 from mgrec.encoders.base import Batch
 from mgrec.encoders.item import ItemTower
 from mgrec.errors import ConfigError
@@ -137,8 +140,6 @@ class BehaviorEncoder(nn.Module):
             self.blocks = nn.ModuleList(_CausalBlock(dim, n_heads, dropout) for _ in range(n_blocks))
             self.norm = nn.LayerNorm(dim)
         else:
-            self.pool_key = nn.Linear(dim, dim)
-            self.pool_query = nn.Linear(dim, 1, bias=False)
             self.ff = _FeedForward(dim, dropout)
 
     @property
@@ -151,19 +152,16 @@ class BehaviorEncoder(nn.Module):
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns ``(vectors (B, D), present (B,) bool)``."""
-        # set mode: the input dropout's 1 / (1 - p) rides on the (B, L) gate, so dropping is
-        # one multiplication of the (B, L, D) inputs by the 0/1 mask
-        x, valid = self._inputs(batch, 1.0 if self.mode == "sequence" else self.in_drop.scale)
+        if self.mode == "set":
+            return self._set(batch)
+        x, valid = self._inputs(batch)
         present = valid.any(dim=1)
-        if self.mode == "sequence":
-            states = self._states(x, valid, batch.hist_times[:, -self.max_len:], batch.time)
-            b, n, _ = states.shape
-            # the latest real event (the last column under the left-padding contract)
-            cols = torch.arange(n, device=x.device).expand(b, n)
-            last = torch.where(valid, cols, torch.zeros_like(cols)).max(dim=1).values
-            out = states[torch.arange(b, device=x.device), last]
-        else:
-            out = self._set(x, valid, batch.hist_items[:, -self.max_len:])
+        states = self._states(x, valid, batch.hist_times[:, -self.max_len:], batch.time)
+        b, n, _ = states.shape
+        # the latest real event (the last column under the left-padding contract)
+        cols = torch.arange(n, device=x.device).expand(b, n)
+        last = torch.where(valid, cols, torch.zeros_like(cols)).max(dim=1).values
+        out = states[torch.arange(b, device=x.device), last]
         return out * present.unsqueeze(-1).to(out.dtype), present
 
     def states(self, batch: Batch) -> torch.Tensor:
@@ -180,20 +178,21 @@ class BehaviorEncoder(nn.Module):
         states = self._states(x, valid, batch.hist_times[:, -self.max_len:], batch.time)
         return states * valid.unsqueeze(-1).to(states.dtype)
 
-    def _inputs(self, batch: Batch, factor: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gated input vectors ``(B, L', D)`` of the last ``max_len`` events (times
-        ``factor``) and their mask; padded positions are exactly zero."""
+    def _inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gated input vectors ``(B, L', D)`` of the last ``max_len`` events and their mask;
+        padded positions are exactly zero."""
         hist = batch.hist_items[:, -self.max_len:]
         valid = hist != self.tower.n_items
-        gate = None
-        if self.gate is not None:
-            strength = torch.log1p(batch.hist_weights[:, -self.max_len:].clamp(min=0.0))
-            gate = torch.sigmoid(self.gate(strength.unsqueeze(-1))).squeeze(-1)
-        if factor != 1.0:
-            gate = torch.full(hist.shape, factor, device=hist.device) if gate is None else gate * factor
-        # the (B, L) scale is applied inside the tower's lookup (in_proj is linear without
+        # the (B, L) gate is applied inside the tower's lookup (in_proj is linear without
         # bias, so scaling before or after it is the same)
-        return self.in_proj(self.tower(hist, scale=gate)), valid
+        return self.in_proj(self.tower(hist, scale=self._gate(batch))), valid
+
+    def _gate(self, batch: Batch) -> torch.Tensor | None:
+        """``(B, L')`` strength gates of the last ``max_len`` events, or ``None``."""
+        if self.gate is None:
+            return None
+        strength = torch.log1p(batch.hist_weights[:, -self.max_len:].clamp(min=0.0))
+        return torch.sigmoid(self.gate(strength.unsqueeze(-1))).squeeze(-1)
 
     def _states(
         self, x: torch.Tensor, valid: torch.Tensor, times: torch.Tensor, now: torch.Tensor
@@ -221,21 +220,21 @@ class BehaviorEncoder(nn.Module):
             x = block(x, mask) * keep
         return self.norm(x)
 
-    def _set(self, x: torch.Tensor, valid: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
-        keep = self.in_drop.keep_mask(tuple(x.shape), x.device, x.dtype)  # x is pre-scaled (forward)
-        x = x if keep is None else x * keep  # padded positions are zero already
+    def _set(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        hist = batch.hist_items[:, -self.max_len:]
+        valid = hist != self.tower.n_items
+        present = valid.any(dim=1)
         events = self.hist_drop.keep_mask(tuple(valid.shape), valid.device, torch.bool)
         if events is not None:  # drop whole events, but never all of a row's events
             kept = valid & events
             valid = torch.where(kept.any(dim=1, keepdim=True), kept, valid)
-        logits = self.pool_query(torch.tanh(self.pool_key(x))).squeeze(-1)
-        w = masked_softmax(logits, valid)
-        pooled = torch.bmm(w.unsqueeze(1), x).squeeze(1)
+        mask = valid.to(self.tower.id_embedding.weight.dtype)
+        norm = mask.sum(dim=1, keepdim=True).clamp(min=1.0).rsqrt()
+        gate = self._gate(batch)
+        w = mask * norm if gate is None else gate * mask * norm
+        idx = torch.where(valid, hist, torch.full_like(hist, self.tower.n_items))
+        pooled = self.in_drop(self.in_proj(self.tower.pooled(idx, w)))
         out = pooled + self.ff(pooled)
         if self.linear is not None:
-            mask = valid.to(x.dtype)
-            norm = mask.sum(dim=1, keepdim=True).clamp(min=1.0).rsqrt()
-            idx = torch.where(valid, hist, torch.full_like(hist, self.tower.n_items))
-            out = out + weighted_sum(self.linear(idx), mask * norm)
-        return out
-
+            out = out + bag_sum(self.linear.weight, idx, mask * norm, padding_idx=self.tower.n_items)
+        return out * present.unsqueeze(-1).to(out.dtype), present

@@ -207,3 +207,29 @@ def test_no_leakage_against_a_naive_loop():
             fg = per_user.get(f)
             exp = [] if fg is None else fg[fg["timestamp"] < times[r]]["item"].to_numpy()[-3:].tolist()
             assert fitems[r, j][fitems[r, j] != ds.n_items].tolist() == exp
+
+
+@pytest.mark.parametrize("stride", [1, 2, 4])
+def test_windows_cover_every_target_once_with_enough_context(stride):
+    ds = make_synthetic(SyntheticConfig(n_users=40, n_items=30, mean_events=9), seed=1)
+    cb = ContextBuilder(ds, ds.interactions, max_len=4, max_friends=2, friend_len=2)
+    users, first, end = cb.windows(stride)
+    n = np.diff(cb.indptr)
+    covered = {}
+    for u, a, c in zip(users.tolist(), first.tolist(), end.tolist(), strict=True):
+        assert 1 <= a < c <= n[u] and c - a <= stride
+        for t in range(a, c):
+            assert (u, t) not in covered
+            covered[(u, t)] = True
+            # the pass reads the max_len events before c - 1: t sees events [c-1-max_len, t)
+            assert t - max(c - 1 - 4, 0) >= min(t, 4 - stride + 1)
+    expect = {(u, t) for u in range(cb.n_users) for t in range(1, n[u])}
+    assert set(covered) == expect
+
+
+def test_windows_bad_stride():
+    ds = make_synthetic(SyntheticConfig(n_users=20, n_items=30, mean_events=5), seed=0)
+    cb = ContextBuilder(ds, ds.interactions, max_len=4, max_friends=2, friend_len=2)
+    for bad in (0, 5):
+        with pytest.raises(ConfigError, match="stride"):
+            cb.windows(bad)

@@ -219,3 +219,48 @@ def test_set_mode_trains_at_the_serving_request_time(data, monkeypatch):
     users = np.arange(10)
     expect = (last.reindex(users).to_numpy(np.float64) + 1.0).astype(np.float32)  # Batch.time is float32
     np.testing.assert_array_equal(ctx.batch(users).time.numpy(), expect)
+
+
+def test_sequence_mode_trains_per_window_at_the_serving_request_time(data, monkeypatch):
+    """Sequence training: one behaviour pass per window serves its block of targets; the
+    other granularities see each target at the request time scoring uses (the previous
+    event + 1 s), never the target's own time."""
+    from mgrec.batching import ContextBuilder
+
+    ds, split = data
+    calls: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    original = ContextBuilder.batch
+
+    def spy(self, users, *, times=None, cutoff=None, exclude=None):
+        out = original(self, users, times=times, cutoff=cutoff, exclude=exclude)
+        if cutoff is not None and times is not None:
+            calls.append((np.asarray(users), np.asarray(cutoff), np.asarray(times)))
+        return out
+
+    monkeypatch.setattr(ContextBuilder, "batch", spy)
+    model = MGR({**SMALL, "epochs": 1}, seed=0).fit(ds, split.train, split.valid)
+    assert model.behavior_mode_ == "sequence" and calls
+    ctx = model.context_
+    users = np.concatenate([u for u, _, _ in calls])
+    cut = np.concatenate([c for _, c, _ in calls])
+    times = np.concatenate([t for _, _, t in calls])
+    prev = ctx.times[ctx.indptr[users] + cut - 1].astype(np.float64) + 1.0
+    np.testing.assert_array_equal(times, prev)
+    # every training target with a past is used exactly once per epoch
+    n = np.diff(ctx.indptr)
+    assert len(users) == int(np.maximum(n - 1, 0).sum())
+    assert len(set(zip(users.tolist(), cut.tolist(), strict=True))) == len(users)
+
+
+def test_window_state_of_a_block_end_equals_scoring_state(trained):
+    """The last target of a block reads the same state the scorer computes for that
+    history: the window and the per-row history are the same events."""
+    ctx, beh = trained.context_, trained.net_.encoders["behavior"]
+    users, first, end = ctx.windows(max(1, ctx.max_len // 2))
+    pick = np.arange(0, len(users), max(1, len(users) // 20))
+    u, c = users[pick], end[pick]
+    with torch.no_grad():
+        states = beh.states(ctx.batch(u, cutoff=c - 1))[:, -1]
+        direct, present = beh(ctx.batch(u, cutoff=c - 1))
+    assert present.all()
+    torch.testing.assert_close(states, direct)

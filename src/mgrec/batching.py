@@ -119,6 +119,30 @@ class ContextBuilder:
         times = self.times.astype(np.float64) if self.has_time else np.full(len(users), np.nan)
         return users, pos, self.items.copy(), times
 
+    def windows(self, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Blocks of training targets for sequence models, one transformer pass each.
+
+        Each user's targets (positions ``1 .. n-1``) are cut, from the latest backwards, into
+        blocks ``[first, end)`` of at most ``stride`` positions. A block's pass reads the
+        window of the ``max_len`` events before position ``end - 1``; with
+        ``stride <= max_len`` every target then sees at least ``max_len - stride`` earlier
+        events (or its whole past), and every target lies in exactly one block.
+
+        Args:
+            stride: targets per block, ``1 .. max_len``.
+
+        Returns:
+            ``(users, first, end)`` int64 arrays, one entry per block.
+        """
+        if not 1 <= stride <= self.max_len:
+            raise ConfigError(f"stride must lie in 1..{self.max_len}, got {stride}")
+        n = np.diff(self.indptr)
+        blocks = np.where(n > 1, -(-(n - 1) // stride), 0)
+        users = np.repeat(np.arange(self.n_users, dtype=np.int64), blocks)
+        k = np.arange(len(users), dtype=np.int64) - np.repeat(np.cumsum(blocks) - blocks, blocks)
+        end = n[users] - k * stride
+        return users, np.maximum(end - stride, 1), end
+
     def batch(
         self,
         users: np.ndarray,

@@ -47,6 +47,8 @@ def _worker(cfg: ExperimentConfig, queue: Any) -> None:
             "metrics": rec["test"],
             "valid_metrics": rec["valid"],
             "train_seconds": rec["train_seconds"],
+            "epoch_seconds": rec.get("epoch_seconds"),
+            "epochs": rec.get("epochs"),
             "eval_seconds": rec["eval_seconds"],
             "prepare_seconds": rec["prepare_seconds"],
             "peak_rss_mb": round(_peak_rss_mb(), 1),
@@ -204,7 +206,7 @@ def markdown_table(rows: list[dict[str, Any]], *, title: str = "", command: str 
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["dataset"], row["split"], row["model"]), []).append(row)
-    head = ["dataset", "split", "model", "seeds", *TABLE_METRICS, "train s", "eval s", "peak RSS MB"]
+    head = ["dataset", "split", "model", "seeds", *TABLE_METRICS, "s/epoch", "train s", "eval s", "peak RSS MB"]
     lines = []
     if title:
         lines += [f"<!-- {title} -->"]
@@ -214,6 +216,8 @@ def markdown_table(rows: list[dict[str, Any]], *, title: str = "", command: str 
     for (dataset, split, model), grp in groups.items():
         cells = [dataset, split, model, str(len(grp))]
         cells += [_mean_std([r["metrics"][m] for r in grp]) for m in TABLE_METRICS]
+        per_epoch = [r["epoch_seconds"] for r in grp if r.get("epoch_seconds") is not None]
+        cells += [f"{statistics.mean(per_epoch):.2f}" if per_epoch else "-"]
         cells += [f"{statistics.mean(r['train_seconds'] for r in grp):.2f}"]
         cells += [f"{statistics.mean(r['eval_seconds'] for r in grp):.2f}"]
         cells += [f"{max(r['peak_rss_mb'] for r in grp):.0f}"]

@@ -149,6 +149,10 @@ def run_experiment(cfg: ExperimentConfig, *, evaluate_test: bool = True) -> Trai
         model.fit(data, split.train, split.valid)
         record["train_seconds"] = round(time.perf_counter() - t0, 3)
     record["model_config"] = model.config_dict()
+    epochs = [e["train_seconds"] for e in getattr(model, "history_", []) if "train_seconds" in e]
+    if epochs:  # iterative models: seconds per pass over the training data (no validation)
+        record["epochs"] = len(epochs)
+        record["epoch_seconds"] = round(sum(epochs) / len(epochs), 3)
     record["valid"] = _rounded(evaluate_split(model, split, data, part="valid", ks=cfg.ks,
                                                    progress=cfg.progress))
     if evaluate_test:

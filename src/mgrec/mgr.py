@@ -7,8 +7,9 @@ never seen (:meth:`MGR.recommend_context`, :meth:`MGR.add_items`).
 
 Training examples are the training interactions themselves. With ``behavior_mode="sequence"``
 the context of an event is the user's events strictly before it (time order) and friends'
-events before its time; with ``"set"`` it is the user's other training events (the target
-left out). ``"auto"`` picks ``sequence`` when the data has time and the split is time-ordered
+events before them, at the request time scoring uses (the previous event + 1 s); one
+transformer pass per window of events serves a block of targets. With ``"set"`` it is the
+user's other training events (the target left out). ``"auto"`` picks ``sequence`` when the data has time and the split is time-ordered
 (``split_protocol`` ``loo``/``temporal``, else inferred from the validation times).
 
 All randomness (initialisation, shuffling, negatives, dropout, id dropout) comes from
@@ -270,6 +271,8 @@ class MGR(ServingMixin, Recommender):
 
     def _epoch(self, examples: tuple[np.ndarray, ...], opt: torch.optim.Optimizer,
                gen: torch.Generator, log_q: torch.Tensor) -> float:
+        if self.behavior_mode_ == "sequence" and "behavior" in self.granularities_:
+            return self._epoch_windows(opt, gen, log_q)
         cfg, net, ctx = self.config, self.net_, self.context_
         assert net is not None and ctx is not None
         users, pos, items, times = examples
@@ -292,10 +295,48 @@ class MGR(ServingMixin, Recommender):
             total += float(loss.detach()) * len(idx)
         return total / len(perm)
 
-    def _loss(self, batch: Any, target: torch.Tensor, gen: torch.Generator, log_q: torch.Tensor) -> torch.Tensor:
+    def _epoch_windows(self, opt: torch.optim.Optimizer, gen: torch.Generator, log_q: torch.Tensor) -> float:
+        """Sequence mode: one transformer pass per window of events serves every target in
+        its block (:meth:`ContextBuilder.windows`); the other granularities are encoded per
+        target, at the target's own time, from the events before it."""
+        cfg, net, ctx = self.config, self.net_, self.context_
+        assert net is not None and ctx is not None
+        stride = max(1, ctx.max_len // 2)
+        users, first, end = ctx.windows(stride)
+        net.train()
+        perm = torch.randperm(len(users), generator=gen).numpy()
+        per = max(1, cfg.batch_size // stride)
+        behavior = net.encoders["behavior"]
+        total, seen = 0.0, 0
+        for start in range(0, len(perm), per):
+            w = perm[start:start + per]
+            u, a, c = users[w], first[w], end[w]
+            n_t = c - a
+            row = np.repeat(np.arange(len(w)), n_t)
+            t = a[row] + np.arange(len(row)) - np.repeat(np.cumsum(n_t) - n_t, n_t)
+            col = ctx.max_len - c[row] + t  # the window column of event t - 1
+            target = torch.from_numpy(ctx.items[ctx.indptr[u[row]] + t])
+            with net.item_tower.shared_content():
+                states = behavior.states(ctx.batch(u, cutoff=c - 1))
+                vec = states[torch.from_numpy(row), torch.from_numpy(col)]
+                present = torch.ones(len(row), dtype=torch.bool)
+                # the request time of scoring (the previous event + 1 s), not the target's own
+                # time: scoring never knows when the next event will happen
+                prev = ctx.times[ctx.indptr[u[row]] + t - 1].astype(np.float64) + 1.0
+                batch = ctx.batch(u[row], cutoff=t, times=prev if ctx.has_time else None)
+                loss = self._loss(batch, target, gen, log_q, given={"behavior": (vec, present)})
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(row)
+            seen += len(row)
+        return total / max(seen, 1)
+
+    def _loss(self, batch: Any, target: torch.Tensor, gen: torch.Generator, log_q: torch.Tensor,
+              given: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
         cfg, net = self.config, self.net_
         assert net is not None
-        p = net.user_vectors(batch)[0]
+        p = net.user_vectors(batch, given=given)[0]
         if cfg.loss == "softmax":
             return softmax_loss(p @ net.item_vectors(generator=gen).T, target)
         n_items = log_q.shape[0]

@@ -82,13 +82,20 @@ class MGRNet(nn.Module):
         set_generator(self, generator)
 
     def user_vectors(
-        self, batch: Batch, *, drop: frozenset[str] = frozenset()
+        self,
+        batch: Batch,
+        *,
+        drop: frozenset[str] = frozenset(),
+        given: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Encode every granularity and fuse.
 
         Args:
             batch: ``B`` rows.
             drop: granularities treated as absent (ablation, leave-one-out explanations).
+            given: granularity -> ``(vectors (B, D), present (B,))`` computed elsewhere (the
+                sequence encoder's states, shared by every target of a window); those
+                encoders are not run.
 
         Returns:
             ``(p (B, D), fusion weights (B, G) or None, parts, present)``; ``parts`` and
@@ -102,6 +109,8 @@ class MGRNet(nn.Module):
             if g in drop:
                 parts[g] = batch.time.new_zeros(b, enc.out_dim, dtype=self._dtype)
                 present[g] = torch.zeros(b, dtype=torch.bool, device=batch.users.device)
+            elif given is not None and g in given:
+                parts[g], present[g] = given[g]
             else:
                 parts[g], present[g] = enc(batch)
         p, weights = self.fusion(parts, present)

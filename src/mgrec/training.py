@@ -56,7 +56,8 @@ class FitHistory:
     """What happened during :func:`fit_epochs`.
 
     Attributes:
-        epochs: one dict per epoch: ``epoch``, ``loss``, ``seconds`` and, where evaluated,
+        epochs: one dict per epoch: ``epoch``, ``loss``, ``train_seconds`` (the pass over the
+            training data), ``seconds`` (with validation) and, where evaluated,
             ``valid``.
         best_epoch: the epoch whose weights the model holds.
         best_valid: its validation score (``nan`` without validation data).
@@ -99,7 +100,7 @@ def fit_epochs(
     for epoch in bar:
         t0 = time.perf_counter()
         loss = float(run_epoch(epoch))
-        row: dict[str, float] = {"epoch": epoch, "loss": loss}
+        row: dict[str, float] = {"epoch": epoch, "loss": loss, "train_seconds": time.perf_counter() - t0}
         if validate is not None and (epoch % stopping.eval_every == 0 or epoch == stopping.epochs):
             score = float(validate())
             row["valid"] = score

@@ -6,9 +6,11 @@ output side, as in SASRec), optionally scaled by a learned gate on the event str
 more than a 1-star one).
 
 * ``mode="sequence"`` (time-ordered data): a SASRec-style causal transformer (Kang & McAuley,
-  ICDM 2018) with learned positions counted from the most recent event, plus two log2
-  time-gap embeddings per event: the gap since the previous event and the event's age at
-  request time (``batch.time``). The output is the latest event's position.
+  ICDM 2018) with learned positions counted from the most recent event, plus a log2
+  time-gap embedding per event (the gap since the previous event). The output is the latest
+  event's position. Nothing depends on the request time (the time granularity reads it), so,
+  as in SASRec, training runs one causal pass per window of events and reads every target's
+  state from the position of the event before it (:meth:`BehaviorEncoder.states`).
 * ``mode="set"`` (unordered data, e.g. a random split): an order-free bag encoder,
   ``p = h + FF(h)`` with ``h = |H|^-1/2 sum_{j in H} g_j q_j`` (``g_j``: the strength gate).
   The sum is one fused gather (``embedding_bag``), so no ``(B, L, D)`` tensor is built: on
@@ -136,7 +138,6 @@ class BehaviorEncoder(nn.Module):
         if mode == "sequence":
             self.positions = nn.Embedding(max_len, dim)
             self.prev_gap = nn.Embedding(n_time_buckets, dim)
-            self.age = nn.Embedding(n_time_buckets, dim)
             self.blocks = nn.ModuleList(_CausalBlock(dim, n_heads, dropout) for _ in range(n_blocks))
             self.norm = nn.LayerNorm(dim)
         else:
@@ -156,7 +157,7 @@ class BehaviorEncoder(nn.Module):
             return self._set(batch)
         x, valid = self._inputs(batch)
         present = valid.any(dim=1)
-        states = self._states(x, valid, batch.hist_times[:, -self.max_len:], batch.time)
+        states = self._states(x, valid, batch.hist_times[:, -self.max_len:])
         b, n, _ = states.shape
         # the latest real event (the last column under the left-padding contract)
         cols = torch.arange(n, device=x.device).expand(b, n)
@@ -166,8 +167,7 @@ class BehaviorEncoder(nn.Module):
 
     def states(self, batch: Batch) -> torch.Tensor:
         """Sequence mode: ``(B, L', D)`` states of the last ``L' = min(L, max_len)`` positions;
-        position ``i`` depends only on events ``<= i`` (and on ``batch.time`` through the
-        age embeddings); padded positions are zero.
+        position ``i`` depends only on events ``<= i``; padded positions are zero.
 
         Raises:
             ConfigError: in set mode.
@@ -175,7 +175,7 @@ class BehaviorEncoder(nn.Module):
         if self.mode != "sequence":
             raise ConfigError("states() needs the sequence mode")
         x, valid = self._inputs(batch)
-        states = self._states(x, valid, batch.hist_times[:, -self.max_len:], batch.time)
+        states = self._states(x, valid, batch.hist_times[:, -self.max_len:])
         return states * valid.unsqueeze(-1).to(states.dtype)
 
     def _inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,7 +195,7 @@ class BehaviorEncoder(nn.Module):
         return torch.sigmoid(self.gate(strength.unsqueeze(-1))).squeeze(-1)
 
     def _states(
-        self, x: torch.Tensor, valid: torch.Tensor, times: torch.Tensor, now: torch.Tensor
+        self, x: torch.Tensor, valid: torch.Tensor, times: torch.Tensor
     ) -> torch.Tensor:
         n = x.shape[1]
         pos = torch.arange(self.max_len - n, self.max_len, device=x.device)
@@ -205,9 +205,7 @@ class BehaviorEncoder(nn.Module):
         prev_ok[:, 1:] = valid[:, 1:] & valid[:, :-1]
         gap = torch.cat([nan[:, :1], t[:, 1:] - t[:, :-1]], dim=1)
         gap = torch.where(prev_ok, gap, nan)
-        age = torch.where(valid, now.to(torch.float64).unsqueeze(1) - t, nan)
-        x = x + self.positions(pos) + self.prev_gap(time_buckets(gap, self.n_time_buckets)) \
-            + self.age(time_buckets(age, self.n_time_buckets))
+        x = x + self.positions(pos) + self.prev_gap(time_buckets(gap, self.n_time_buckets))
         keep = valid.unsqueeze(-1).to(x.dtype)
         x = self.in_drop(x) * keep
         causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()

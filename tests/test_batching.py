@@ -138,6 +138,8 @@ def test_cold_batch():
     assert b.user_bag.tolist() == [[2]] and b.user_bag_w.tolist() == [[1.0]]
     assert b.friends.tolist() == [[1, PAD_U]]
     assert b.friend_items[0, 0].tolist() == [PAD_I, 3]  # u1 before t=200
+    # more friends than max_friends (2): the most recently active are kept, as in training
+    assert cb.cold_batch([], friends=[2, 1, 0]).friends.tolist() == [[0, 1]]
     nothing = cb.cold_batch([], None, None, None, None)
     assert nothing.hist_items.tolist() == [[PAD_I] * 3] and math.isnan(float(nothing.time[0]))
     assert nothing.user_cat.tolist() == [[0]] and nothing.user_num.tolist() == [[0, 1]]

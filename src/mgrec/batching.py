@@ -289,7 +289,12 @@ class ContextBuilder:
         fr = np.asarray(list(friends or []), dtype=np.int64).reshape(-1)
         if len(fr) and (fr.min() < 0 or fr.max() >= self.n_users):
             raise DataError(f"friend codes must lie in 0..{self.n_users - 1}", field="friends")
-        fr = np.unique(fr)[: self.max_friends]
+        fr = np.unique(fr)
+        # as in training (:meth:`_friend_table`, links of equal weight): the most recently
+        # active friends first (the busiest without time), then by code
+        counts = np.diff(self.indptr)[fr]
+        last = np.where(counts > 0, self.times[np.maximum(self.indptr[fr + 1] - 1, 0)], -1)
+        fr = fr[np.lexsort((fr, -(last if self.has_time else counts)))][: self.max_friends]
         fr_row = np.concatenate([fr, np.full(self.max_friends - len(fr), self.n_users, np.int64)])[None]
         cat, num, bag, bag_w = self._cold_features(features or {})
         t = np.array([np.nan if time is None else float(time)])

@@ -109,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--fusions", type=_csv_list, default=None,
                        help="add mgr-<fusion> rows, e.g. weighted,product,deep,gated")
 
+    cold = sub.add_parser("coldstart", help="mgr on held-out users and items, against pop and random")
+    cold.add_argument("--datasets", type=_csv_list, required=True)
+    cold.add_argument("--seeds", type=int, default=1)
+    cold.add_argument("--out", required=True, help="JSON rows; the markdown table goes beside it (.md)")
+    cold.add_argument("--frac", type=float, default=0.1, help="share of users (items) held out, in (0, 0.5]")
+    cold.add_argument("--config", type=_config_arg, default={}, help="mgr config: JSON or a JSON file")
+    cold.add_argument("--data-root")
+
     demo = sub.add_parser("demo", help="train and compare the models on the synthetic dataset")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default="runs/demo", help="where to keep the demo's model folders")
@@ -248,6 +256,22 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_coldstart(args: argparse.Namespace) -> int:
+    from mgrec.coldstart import run_coldstart
+
+    out = Path(args.out)
+
+    def report(row: dict[str, Any]) -> None:
+        m = " ".join(f"{k} {'-' if v is None else f'{v:.4f}'}" for k, v in row["metrics"].items())
+        print(f"{row['dataset']:>16} {row['protocol']:>18} {row['model']:>6} seed {row['seed']}: {m} "
+              f"users {row['n_users']} train {row['train_seconds']:.1f}s", flush=True)
+
+    run_coldstart(args.datasets, seeds=args.seeds, out=out, frac=args.frac, model_config=args.config,
+                  data_root=args.data_root, on_row=report)
+    print(f"wrote {out} and {out.with_suffix('.md')}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mgrec.demo import run_demo
 
@@ -261,6 +285,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "recommend": cmd_recommend,
     "benchmark": cmd_benchmark,
+    "coldstart": cmd_coldstart,
     "demo": cmd_demo,
 }
 

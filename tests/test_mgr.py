@@ -264,3 +264,26 @@ def test_window_state_of_a_block_end_equals_scoring_state(trained):
         direct, present = beh(ctx.batch(u, cutoff=c - 1))
     assert present.all()
     torch.testing.assert_close(states, direct)
+
+
+def test_cold_dropout_trains_batches_without_history(data, monkeypatch):
+    """With cold_dropout, some training batches are encoded with the history granularities
+    absent (as for a new user); without it, none are."""
+    from mgrec.model import MGRNet
+
+    drops: list[frozenset] = []
+    original = MGRNet.user_vectors
+
+    def spy(self, batch, *, drop=frozenset(), given=None):
+        if self.training:
+            drops.append(drop)
+        return original(self, batch, drop=drop, given=given)
+
+    monkeypatch.setattr(MGRNet, "user_vectors", spy)
+    _fit(data, cold_dropout=0.5, batch_size=64)
+    assert frozenset({"behavior", "item"}) in drops and frozenset() in drops
+    drops.clear()
+    _fit(data, batch_size=64)
+    assert drops and all(d == frozenset() for d in drops)
+    with pytest.raises(ValueError, match="cold_dropout"):
+        MGRConfig(cold_dropout=1.0)

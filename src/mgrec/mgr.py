@@ -79,6 +79,9 @@ class MGRConfig:
         id_dropout: probability of dropping an item's or user's id part while training.
         dropout: dropout inside the encoders.
         hist_dropout: set mode: probability of dropping a whole history event while training.
+        cold_dropout: probability that a training batch is encoded as if its users were new:
+            the history granularities (``behavior``, ``item``) count as absent, so the fusion
+            also learns to rank from profile, friends and time alone (cold-start users).
         linear: set mode: add a linear item-item path (untied input embeddings) to the
             behavior granularity.
         max_len: history events per user.
@@ -109,6 +112,7 @@ class MGRConfig:
     id_dropout: float = 0.1
     dropout: float = 0.2
     hist_dropout: float = 0.5
+    cold_dropout: float = 0.0
     linear: bool = False
     max_len: int = 50
     max_friends: int = 20
@@ -135,7 +139,7 @@ class MGRConfig:
                                  f"got {self.granularities}")
         if self.lr <= 0 or self.weight_decay < 0 or self.threads < 0:
             raise ValueError("lr must be > 0, weight_decay and threads >= 0")
-        for name in ("id_dropout", "dropout", "hist_dropout"):
+        for name in ("id_dropout", "dropout", "hist_dropout", "cold_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
 
@@ -336,7 +340,10 @@ class MGR(ServingMixin, Recommender):
               given: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
         cfg, net = self.config, self.net_
         assert net is not None
-        p = net.user_vectors(batch, given=given)[0]
+        drop: frozenset[str] = frozenset()
+        if cfg.cold_dropout > 0 and float(torch.rand(1, generator=gen)) < cfg.cold_dropout:
+            drop = frozenset({"behavior", "item"})  # train this batch as new users
+        p = net.user_vectors(batch, drop=drop, given=given)[0]
         if cfg.loss == "softmax":
             return softmax_loss(p @ net.item_vectors(generator=gen).T, target)
         n_items = log_q.shape[0]

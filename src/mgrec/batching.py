@@ -92,9 +92,7 @@ class ContextBuilder:
         w = np.concatenate([g.weight, g.weight]).astype(np.float64)
         keep = src != dst
         src, dst, w = src[keep], dst[keep], w[keep]
-        counts = np.diff(self.indptr)
-        last = np.where(counts > 0, self.times[np.maximum(self.indptr[1:] - 1, 0)], -1)
-        activity = last if self.has_time else counts
+        activity = self._activity()
         order = np.lexsort((dst, -activity[dst], -w, src))
         src, dst = src[order], dst[order]
         first = np.r_[True, (np.diff(src) != 0) | (np.diff(dst) != 0)]  # drop duplicate pairs
@@ -104,6 +102,14 @@ class ContextBuilder:
         ok = rank < f
         out[src[ok], rank[ok]] = dst[ok]
         return out
+
+    def _activity(self) -> np.ndarray:
+        """``(n_users,)`` how active each user is: the latest event's time (``-1`` without
+        events), or the number of events without time. Friends are ranked by it."""
+        counts = np.diff(self.indptr)
+        if not self.has_time:
+            return counts
+        return np.where(counts > 0, self.times[np.maximum(self.indptr[1:] - 1, 0)], -1)
 
     # ------------------------------------------------------------------- batches
     def examples(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -292,9 +298,7 @@ class ContextBuilder:
         fr = np.unique(fr)
         # as in training (:meth:`_friend_table`, links of equal weight): the most recently
         # active friends first (the busiest without time), then by code
-        counts = np.diff(self.indptr)[fr]
-        last = np.where(counts > 0, self.times[np.maximum(self.indptr[fr + 1] - 1, 0)], -1)
-        fr = fr[np.lexsort((fr, -(last if self.has_time else counts)))][: self.max_friends]
+        fr = fr[np.lexsort((fr, -self._activity()[fr]))][: self.max_friends]
         fr_row = np.concatenate([fr, np.full(self.max_friends - len(fr), self.n_users, np.int64)])[None]
         cat, num, bag, bag_w = self._cold_features(features or {})
         t = np.array([np.nan if time is None else float(time)])

@@ -9,8 +9,9 @@ Training examples are the training interactions themselves. With ``behavior_mode
 the context of an event is the user's events strictly before it (time order) and friends'
 events before them, at the request time scoring uses (the previous event + 1 s); one
 transformer pass per window of events serves a block of targets. With ``"set"`` it is the
-user's other training events (the target left out). ``"auto"`` picks ``sequence`` when the data has time and the split is time-ordered
-(``split_protocol`` ``loo``/``temporal``, else inferred from the validation times).
+user's other training events (the target left out). ``"auto"`` picks ``sequence`` when the
+data has time and the split is time-ordered (``split_protocol`` ``loo``/``temporal``, else
+inferred from the validation times).
 
 All randomness (initialisation, shuffling, negatives, dropout, id dropout) comes from
 ``torch.Generator`` objects seeded with ``seed``; the global generators are never touched.
@@ -302,7 +303,7 @@ class MGR(ServingMixin, Recommender):
     def _epoch_windows(self, opt: torch.optim.Optimizer, gen: torch.Generator, log_q: torch.Tensor) -> float:
         """Sequence mode: one transformer pass per window of events serves every target in
         its block (:meth:`ContextBuilder.windows`); the other granularities are encoded per
-        target, at the target's own time, from the events before it."""
+        target from the events before it, at the request time scoring uses."""
         cfg, net, ctx = self.config, self.net_, self.context_
         assert net is not None and ctx is not None
         stride = max(1, ctx.max_len // 2)

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 TABLE_METRICS = ("ndcg@10", "recall@10", "precision@10", "f1@10", "map@10", "mrr@10", "hit@10")
 
 
-def _peak_rss_mb() -> float:
+def peak_rss_mb() -> float:
     # ru_maxrss is in KiB on Linux.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -51,7 +51,7 @@ def _worker(cfg: ExperimentConfig, queue: Any) -> None:
             "epochs": rec.get("epochs"),
             "eval_seconds": rec["eval_seconds"],
             "prepare_seconds": rec["prepare_seconds"],
-            "peak_rss_mb": round(_peak_rss_mb(), 1),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
             "model_config": rec["model_config"],
             "data": {k: rec["data"][k] for k in ("users", "items", "interactions")},
         }
@@ -191,11 +191,18 @@ def _inline(cfg: ExperimentConfig) -> dict[str, Any]:
 
 def _write(out: Path, rows: list[dict[str, Any]], started: str, split: str) -> None:
     atomic_write_json(out, rows)
-    command = "mgrec " + " ".join(sys.argv[1:]) if sys.argv and "mgrec" in sys.argv[0] else ""
-    atomic_write_text(out.with_suffix(".md"), markdown_table(rows, title=f"split `{split}`, started {started}", command=command))
+    atomic_write_text(out.with_suffix(".md"), markdown_table(rows, title=f"split `{split}`, started {started}",
+                                                             command=command_line()))
 
 
-def _mean_std(values: list[float]) -> str:
+def command_line() -> str:
+    """The ``mgrec ...`` command this process runs, for the header of a results table (empty
+    when not run from the ``mgrec`` entry point)."""
+    return "mgrec " + " ".join(sys.argv[1:]) if sys.argv and "mgrec" in sys.argv[0] else ""
+
+
+def mean_std(values: list[float]) -> str:
+    """``mean ± sample sd`` to 4 decimals (the value alone for one seed)."""
     if len(values) == 1:
         return f"{values[0]:.4f}"
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
@@ -215,7 +222,7 @@ def markdown_table(rows: list[dict[str, Any]], *, title: str = "", command: str 
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for (dataset, split, model), grp in groups.items():
         cells = [dataset, split, model, str(len(grp))]
-        cells += [_mean_std([r["metrics"][m] for r in grp]) for m in TABLE_METRICS]
+        cells += [mean_std([r["metrics"][m] for r in grp]) for m in TABLE_METRICS]
         per_epoch = [r["epoch_seconds"] for r in grp if r.get("epoch_seconds") is not None]
         cells += [f"{statistics.mean(per_epoch):.2f}" if per_epoch else "-"]
         cells += [f"{statistics.mean(r['train_seconds'] for r in grp):.2f}"]

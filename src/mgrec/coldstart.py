@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +39,7 @@ import scipy.sparse as sp
 import torch
 
 from mgrec.baselines.pop import Pop
-from mgrec.benchmark import _mean_std, _peak_rss_mb
+from mgrec.benchmark import command_line, mean_std, peak_rss_mb
 from mgrec.data.dataset import Dataset
 from mgrec.data.registry import load_dataset
 from mgrec.data.split import Split
@@ -172,7 +171,7 @@ def _row(data: Dataset, seed: int, protocol: str, model: str, metrics: dict[str,
          best_epoch: int | None = None) -> dict[str, Any]:
     return {"dataset": data.name, "seed": seed, "protocol": protocol, "model": model, "metrics": metrics,
             "n_users": n_users, "n_users_held_out": held_users, "n_items_held_out": held_items,
-            "train_seconds": seconds, "best_epoch": best_epoch, "peak_rss_mb": round(_peak_rss_mb(), 1)}
+            "train_seconds": seconds, "best_epoch": best_epoch, "peak_rss_mb": round(peak_rss_mb(), 1)}
 
 
 def _require_item_features(data: Dataset) -> None:
@@ -419,8 +418,7 @@ def run_coldstart(
 
 def _write(out: Path, rows: list[dict[str, Any]], *, title: str) -> None:
     atomic_write_json(out, rows)
-    command = "mgrec " + " ".join(sys.argv[1:]) if sys.argv and "mgrec" in sys.argv[0] else ""
-    atomic_write_text(out.with_suffix(".md"), markdown_table(rows, title=title, command=command))
+    atomic_write_text(out.with_suffix(".md"), markdown_table(rows, title=title, command=command_line()))
 
 
 def markdown_table(rows: list[dict[str, Any]], *, title: str = "", command: str = "") -> str:
@@ -436,7 +434,7 @@ def markdown_table(rows: list[dict[str, Any]], *, title: str = "", command: str 
         cells = [dataset, protocol, model, str(len(grp))]
         for m in TABLE_METRICS:
             values = [r["metrics"][m] for r in grp if r["metrics"][m] is not None]
-            cells.append(_mean_std(values) if values else "-")
+            cells.append(mean_std(values) if values else "-")
         cells += [f"{statistics.mean(r[key] for r in grp):.0f}"
                   for key in ("n_users", "n_users_held_out", "n_items_held_out")]
         cells.append(f"{statistics.mean(r['train_seconds'] for r in grp):.2f}")

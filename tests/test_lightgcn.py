@@ -198,8 +198,19 @@ def test_load_rejects_mismatched_weights(tmp_path):
     arrays = load_file(str(tmp_path / "weights.safetensors"))
     arrays["item_emb"] = arrays["item_emb"][:5]
     save_file(arrays, str(tmp_path / "weights.safetensors"))
+    with pytest.raises(DataError, match="checksum"):  # the checksum catches it first
+        LightGCN.load(tmp_path)
+    _drop_checksum(tmp_path)  # a folder without one: the shape check still refuses it
     with pytest.raises(DataError, match="item_emb has shape"):
         LightGCN.load(tmp_path)
+
+
+def _drop_checksum(folder):
+    import json
+
+    meta = json.loads((folder / "model.json").read_text())
+    meta.pop("weights_sha256")
+    (folder / "model.json").write_text(json.dumps(meta))
 
 
 def test_unknown_config_key_is_an_error():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -199,6 +200,11 @@ def test_load_rejects_weights_of_another_shape(planted, fitted, tmp_path):
     arrays = load_file(str(tmp_path / "vae" / "weights.safetensors"))
     arrays["net.dec_b.0"] = np.zeros(7, np.float32)
     save_file(arrays, str(tmp_path / "vae" / "weights.safetensors"))
+    with pytest.raises(DataError, match="checksum"):  # the checksum catches it first
+        MultiVAE.load(tmp_path / "vae")
+    meta = json.loads((tmp_path / "vae" / "model.json").read_text())
+    meta.pop("weights_sha256")  # a folder without one: the shape check still refuses it
+    (tmp_path / "vae" / "model.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match="shape"):
         MultiVAE.load(tmp_path / "vae")
 

@@ -67,8 +67,19 @@ def test_truncated_or_tampered_weights_are_refused(tmp_path):
     w = tmp_path / "m" / "weights.safetensors"
     data = w.read_bytes()
     w.write_bytes(data[: len(data) // 2])
-    with pytest.raises(DataError, match="weights.safetensors.*cannot be read"):
+    with pytest.raises(DataError, match="weights.safetensors.*modified or truncated"):
         Fixed.load(tmp_path / "m")
+    # a tampered file that still parses: one byte of the last array changed
+    w.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+    with pytest.raises(DataError, match="checksum"):
+        Fixed.load(tmp_path / "m")
+    w.write_bytes(data)
+    assert Fixed.load(tmp_path / "m").n_items_ == 5
+    # without a checksum (older folders) the file must still parse
+    mj = tmp_path / "m" / "model.json"
+    meta = json.loads(mj.read_text())
+    meta.pop("weights_sha256")
+    mj.write_text(json.dumps(meta))
     w.write_bytes(b"\x00" * 3)
     with pytest.raises(DataError, match="cannot be read"):
         Fixed.load(tmp_path / "m")

@@ -20,6 +20,7 @@ The item side (:func:`build_item_arrays`) and feature padding live in
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -249,6 +250,65 @@ class ContextBuilder:
             hist_weights=t(hist_w, np.float32), friends=t(friends, np.int64),
             friend_items=t(self._friend_items(friends, times), np.int64), time=t(times, np.float32),
         )
+
+    # ------------------------------------------------------------- live events
+    def with_events(
+        self, users: np.ndarray, items: np.ndarray, times: np.ndarray | None = None,
+        weights: np.ndarray | None = None,
+    ) -> ContextBuilder:
+        """A copy that also knows these events (the serving path: no retraining).
+
+        Each event is inserted into its user's history at its time (after events of the same
+        time; at the end without time), so :meth:`batch` gives the user's history, request
+        time and friends' recent items as if the events had been in the training data. The
+        friend lists keep their order. ``self`` is left unchanged, so readers holding it see
+        a consistent state.
+
+        Args:
+            users: ``(E,)`` user codes.
+            items: ``(E,)`` item codes.
+            times: ``(E,)`` unix seconds (required when the context has time).
+            weights: ``(E,)`` event strengths (default 1).
+
+        Raises:
+            DataError: for codes out of range or missing times.
+        """
+        users = np.asarray(users, dtype=np.int64).reshape(-1)
+        items = np.asarray(items, dtype=np.int64).reshape(-1)
+        w = np.ones(len(users), np.float32) if weights is None else np.asarray(weights, np.float32).reshape(-1)
+        if items.shape != users.shape or w.shape != users.shape:
+            raise DataError("users, items and weights must have one entry per event", field="events")
+        if len(users) and (users.min() < 0 or users.max() >= self.n_users):
+            raise DataError(f"user codes must lie in 0..{self.n_users - 1}", field="user_id")
+        if len(items) and (items.min() < 0 or items.max() >= self.n_items):
+            raise DataError(f"item codes must lie in 0..{self.n_items - 1}", field="item_id")
+        if self.has_time:
+            if times is None or not np.isfinite(np.asarray(times, np.float64)).all():
+                raise DataError("events need finite times: the model was trained with time", field="timestamp")
+            ts = np.asarray(times, dtype=np.float64).reshape(-1).astype(np.int64)
+            order = np.lexsort((ts, users))
+            users, items, ts, w = users[order], items[order], ts[order], w[order]
+            # after every event at or before the new one's time
+            pos = self.indptr[users] + _count_before(self.times, self.indptr[users], self.indptr[users + 1], ts + 1)
+        else:
+            order = np.argsort(users, kind="stable")
+            users, items, w = users[order], items[order], w[order]
+            ts = np.zeros(len(users), np.int64)
+            pos = self.indptr[users + 1]
+        out = copy.copy(self)
+        out.items = np.insert(self.items, pos, items)
+        out.times = np.insert(self.times, pos, ts)
+        out.weights = np.insert(self.weights, pos, w)
+        added = np.bincount(users, minlength=self.n_users)
+        out.indptr = self.indptr + np.concatenate([[0], np.cumsum(added)])
+        if self.has_time and len(ts):
+            out.t_max = max(self.t_max, float(ts.max())) if not math.isnan(self.t_max) else float(ts.max())
+        return out
+
+    def history(self, user: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(items, times, weights)`` of one user's known events, oldest first."""
+        s, e = self.indptr[user], self.indptr[user + 1]
+        return self.items[s:e].copy(), self.times[s:e].copy(), self.weights[s:e].copy()
 
     # ---------------------------------------------------------------- cold start
     def cold_batch(

@@ -70,13 +70,31 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--out", required=True)
 
     train = sub.add_parser("train", help="train a model and save its folder")
-    train.add_argument("--dataset", required=True)
+    train.add_argument("--dataset", help="dataset name; with --from-store, default 'store' (the events alone)")
     train.add_argument("--model", required=True)
     _add_data_options(train)
     train.add_argument("--out", required=True, help="model folder to write")
     train.add_argument("--config", type=_config_arg, default={}, help="model config: JSON or a JSON file")
     train.add_argument("--tune", action="store_true", help="search hyperparameters on validation first")
     train.add_argument("--tune-budget", type=int)
+    train.add_argument("--from-store", metavar="URL",
+                       help="add every event of this store (sqlite:///PATH, postgresql://...) to the data")
+
+    srv = sub.add_parser("serve", help="serve a model folder over HTTP (FastAPI)")
+    srv.add_argument("--model-dir", required=True)
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--store", metavar="URL",
+                     help="event store: sqlite:///PATH (default: <model-dir>.events.db) or postgresql://...")
+    srv.add_argument("--api-keys-file", help="'<role>:<key>' per line (roles read, write, admin); "
+                     "MGREC_API_KEYS adds comma-separated entries")
+    srv.add_argument("--no-auth", action="store_true", help="no API keys (loopback only, for development)")
+    srv.add_argument("--watch", action="store_true", help="reload when the model folder changes")
+    srv.add_argument("--index", default="auto", choices=["auto", "exact", "faiss", "none"],
+                     help="top-k retrieval: exact below 100k items and faiss above (auto)")
+    srv.add_argument("--quantize", default="none", choices=["none", "fp16", "int8"],
+                     help="item vectors in the index")
+    srv.add_argument("--threads", type=int, default=1, help="torch threads per request")
 
     ev = sub.add_parser("evaluate", help="full-ranking metrics of a saved model")
     ev.add_argument("--model-dir", required=True)
@@ -178,8 +196,11 @@ def cmd_data(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from mgrec.experiment import ExperimentConfig, run_experiment, save_run
 
+    if args.dataset is None and args.from_store is None:
+        raise ConfigError("--dataset is required (or --from-store URL to train on the stored events)")
+    dataset = args.dataset = args.dataset or "store"
     cfg = ExperimentConfig(
-        dataset=args.dataset, model=args.model, split=args.split, seed=args.seed,
+        dataset=dataset, model=args.model, store=args.from_store, split=args.split, seed=args.seed,
         model_config=args.config, preprocess=_preprocess_from_args(args), tune=args.tune,
         tune_budget=args.tune_budget, data_root=args.data_root, progress=sys.stderr.isatty(),
     )
@@ -272,6 +293,16 @@ def cmd_coldstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from mgrec.server.run import ServeConfig, serve
+
+    logging.getLogger("mgrec").setLevel(logging.INFO)
+    serve(ServeConfig(model_dir=args.model_dir, host=args.host, port=args.port, store=args.store,
+                      api_keys_file=args.api_keys_file, no_auth=args.no_auth, watch=args.watch,
+                      index=args.index, quantize=args.quantize, threads=args.threads))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mgrec.demo import run_demo
 
@@ -286,6 +317,7 @@ COMMANDS = {
     "recommend": cmd_recommend,
     "benchmark": cmd_benchmark,
     "coldstart": cmd_coldstart,
+    "serve": cmd_serve,
     "demo": cmd_demo,
 }
 

@@ -73,6 +73,9 @@ class ExperimentConfig:
         ks: cut-offs for the reported metrics.
         data_root: where datasets live (``None``: ``$MGREC_DATA``, then the cache).
         progress: show progress bars for tuning and evaluation.
+        store: an event store URL (``sqlite:///PATH``, ``postgresql://...``) whose events are
+            added to the dataset's (``dataset="store"``: the events alone); see
+            :mod:`mgrec.data.events`.
     """
 
     dataset: str
@@ -86,6 +89,7 @@ class ExperimentConfig:
     ks: tuple[int, ...] = DEFAULT_KS
     data_root: str | None = None
     progress: bool = False
+    store: str | None = None
 
 
 def default_preprocess(dataset: str) -> PreprocessConfig:
@@ -94,12 +98,32 @@ def default_preprocess(dataset: str) -> PreprocessConfig:
 
 def prepare(cfg: ExperimentConfig) -> tuple[Dataset, Split]:
     """Load, preprocess and split the data as ``cfg`` says."""
-    raw = load_dataset(cfg.dataset, root=cfg.data_root, seed=cfg.seed)
+    if cfg.store is not None:
+        raw = _with_store(cfg)
+    else:
+        raw = load_dataset(cfg.dataset, root=cfg.data_root, seed=cfg.seed)
     pre = cfg.preprocess if cfg.preprocess is not None else default_preprocess(cfg.dataset)
     data = preprocess(raw, pre)
     split = make_split(data, cfg.split, seed=cfg.seed)
     data.meta["split_protocol"] = cfg.split  # sequence-aware models read how the split was cut
     return data, split
+
+
+def _with_store(cfg: ExperimentConfig) -> Dataset:
+    """The dataset plus every stored event; ``meta["store_seq"]`` is the last event's number,
+    so that a server loading the model replays only later events."""
+    from mgrec.data.events import events_dataset, with_events
+    from mgrec.store import open_store
+
+    assert cfg.store is not None
+    with open_store(cfg.store) as store:
+        frame = store.frame()
+    if cfg.dataset == "store":
+        data = events_dataset(frame)
+    else:
+        data = with_events(load_dataset(cfg.dataset, root=cfg.data_root, seed=cfg.seed), frame)
+    data.meta["store_seq"] = int(frame["seq"].max()) if len(frame) else 0
+    return data
 
 
 @dataclass
@@ -132,6 +156,8 @@ def run_experiment(cfg: ExperimentConfig, *, evaluate_test: bool = True) -> Trai
         "split_summary": split.summary(),
         "prepare_seconds": round(prep_seconds, 3),
     }
+    if cfg.store is not None:
+        record["store_seq"] = int(data.meta.get("store_seq", 0))
     model_config = dict(cfg.model_config)
     if cfg.tune:
         from mgrec.tuning import tune
@@ -172,6 +198,10 @@ def save_run(run: TrainedRun, cfg: ExperimentConfig, out: str | Path) -> Path:
         atomic_write_json(tmp / "users.json", run.dataset.users.to_list())
         atomic_write_json(tmp / "items.json", run.dataset.items.to_list())
         cfg_dict = to_dict(cfg)
+        if cfg_dict.get("store"):  # never write a password into run.json
+            from mgrec.store import mask_url
+
+            cfg_dict["store"] = mask_url(cfg_dict["store"])
         atomic_write_json(tmp / "run.json", {"config": cfg_dict, **run.record})
     return out
 

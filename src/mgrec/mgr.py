@@ -377,6 +377,38 @@ class MGR(ServingMixin, Recommender):
                     out[s:s + SCORE_CHUNK] = (p @ q.T).numpy()
         return out
 
+    # ------------------------------------------------------------------ serving
+    def query_vectors(self, users: np.ndarray) -> np.ndarray:
+        """``(B, D)`` fused user vectors ``p_{u,c}`` in the current context (see :meth:`score`)."""
+        check_fitted(self.net_ is not None, self.name)
+        assert self.net_ is not None and self.context_ is not None
+        users = check_users(users, self.context_.n_users)
+        with torch.no_grad():
+            self.net_.eval()
+            return self.net_.user_vectors(self.context_.batch(users))[0].numpy()
+
+    def item_vectors(self) -> np.ndarray:
+        """``(n_items, D)`` item vectors ``q_v`` (added items included)."""
+        check_fitted(self.net_ is not None, self.name)
+        with torch.no_grad():
+            self.net_.eval()
+            return self._item_matrix().numpy().copy()
+
+    def observe(self, users: np.ndarray, items: np.ndarray, times: np.ndarray | None = None,
+                weights: np.ndarray | None = None) -> None:
+        """New events enter the users' histories: the behaviour encoder reads them, friends
+        see them, and the request time moves to the latest event + 1 s (no retraining)."""
+        check_fitted(self.net_ is not None, self.name)
+        assert self.context_ is not None
+        users = np.asarray(users, dtype=np.int64).reshape(-1)
+        items = np.asarray(items, dtype=np.int64).reshape(-1)
+        base = items < self.context_.n_items  # added items have no embedding in the history
+        context = self.context_.with_events(users[base], items[base],
+                                            None if times is None else np.asarray(times)[base],
+                                            None if weights is None else np.asarray(weights)[base])
+        super().observe(users, items, times, weights)
+        self.context_ = context
+
     # -------------------------------------------------------------- persistence
     def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         check_fitted(self.net_ is not None, self.name)

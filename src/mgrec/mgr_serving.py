@@ -38,6 +38,7 @@ class ServingMixin:
     item_encoder_: Any
     n_items_: int
     seen_: sp.csr_matrix | None
+    index_: Any
 
     def _init_serving(self) -> None:
         self.user_ids_: list[str] = []
@@ -86,6 +87,40 @@ class ServingMixin:
             out = self.net_.contributions(self.context_.batch(users), torch.from_numpy(np.ascontiguousarray(items)))
         return {g: v.numpy().astype(np.float32, copy=False) for g, v in out.items()}
 
+    def explain_context(
+        self,
+        history_items: Sequence[str | int],
+        items: np.ndarray,
+        *,
+        history_times: Sequence[float] | None = None,
+        features: Mapping[str, Any] | None = None,
+        friends: Sequence[str | int] | None = None,
+        time: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        """:meth:`explain` for a user unknown to the model, described as in
+        :meth:`recommend_context`.
+
+        Returns:
+            Granularity -> ``(1, K)`` ``float32`` contributions to the scores of ``items``.
+        """
+        check_fitted(self.net_ is not None, self.name)
+        items = np.asarray(items, dtype=np.int64).reshape(1, -1)
+        if items.size and (items.min() < 0 or items.max() >= self.base_items_):
+            raise ConfigError("explain_context() takes item codes of the trained catalogue "
+                              f"(0..{self.base_items_ - 1})")
+        batch = self._cold_batch(history_items, history_times, features, friends, time)
+        with torch.no_grad():
+            self.net_.eval()
+            out = self.net_.contributions(batch, torch.from_numpy(np.ascontiguousarray(items)))
+        return {g: v.numpy().astype(np.float32, copy=False) for g, v in out.items()}
+
+    def _cold_batch(self, history_items: Sequence[str | int], history_times: Sequence[float] | None,
+                    features: Mapping[str, Any] | None, friends: Sequence[str | int] | None,
+                    time: float | None) -> Any:
+        hist = [self._code(v, self._item_index, self.base_items_, "history") for v in history_items]
+        fr = [self._code(v, self._user_index, self.context_.n_users, "friends") for v in friends or []]
+        return self.context_.cold_batch(hist, history_times, features, fr, time)
+
     # ----------------------------------------------------------------- cold users
     def recommend_context(
         self,
@@ -117,11 +152,17 @@ class ServingMixin:
         """
         check_fitted(self.net_ is not None, self.name)
         hist = [self._code(v, self._item_index, self.base_items_, "history") for v in history_items]
-        fr = [self._code(v, self._user_index, self.context_.n_users, "friends") for v in friends or []]
-        batch = self.context_.cold_batch(hist, history_times, features, fr, time)
+        batch = self._cold_batch(hist, history_times, features, friends, time)
         with torch.no_grad():
             self.net_.eval()
-            scores = (self.net_.user_vectors(batch)[0] @ self._item_matrix().T).numpy()
+            p = self.net_.user_vectors(batch)[0]
+            if self.index_ is not None:
+                idx, vals = self.index_.search(p.numpy(), k, exclude=[np.unique(np.asarray(hist, np.int64))
+                                                                      if filter_seen else np.zeros(0, np.int64)])
+                idx = np.asarray(idx, dtype=np.int64)
+                idx[~np.isfinite(vals)] = -1
+                return idx[0], np.asarray(vals[0], dtype=np.float32)
+            scores = (p @ self._item_matrix().T).numpy()
         if filter_seen and hist:
             scores[0, hist] = -np.inf
         idx, vals = topk(scores, k)

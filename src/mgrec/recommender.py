@@ -4,12 +4,14 @@ Every model (baselines and the fused model) implements :meth:`Recommender.fit`,
 :meth:`Recommender.score` and the state hooks. :meth:`Recommender.recommend` is written once,
 here, and the command line, the HTTP API and evaluation all call it.
 
-A saved model is a folder with ``model.json`` (format version, model name, config, sizes) and
-``weights.safetensors`` (numpy arrays). Nothing is pickled.
+A saved model is a folder with ``model.json`` (format version, model name, config, sizes, the
+SHA-256 of the weights) and ``weights.safetensors`` (numpy arrays). Nothing is pickled, and
+weights that do not match their checksum (modified or truncated) are refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -23,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from mgrec.data.dataset import Dataset, to_csr
-from mgrec.errors import DataError
+from mgrec.errors import ConfigError, DataError
 from mgrec.io import atomic_write_json
 
 __all__ = ["Recommender", "topk", "FORMAT_VERSION"]
@@ -68,6 +70,7 @@ class Recommender(ABC):
         self.n_items_: int = 0
         self.seen_: sp.csr_matrix | None = None
         self._pop_cache: np.ndarray | None = None
+        self.index_: Any = None
 
     # ----------------------------------------------------------------- training
     def fit(
@@ -128,6 +131,9 @@ class Recommender(ABC):
         """
         single = np.ndim(users) == 0
         users = np.atleast_1d(np.asarray(users, dtype=np.int64))
+        if self.index_ is not None and candidates is None and not self._has_cold(users):
+            idx, vals = self._recommend_indexed(users, k, filter_seen, exclude)
+            return (idx[0], vals[0]) if single else (idx, vals)
         scores = np.array(self.score(users), dtype=np.float32, copy=True)
         if self.cold_users_get_popularity and self.seen_ is not None:
             cold = np.diff(self.seen_.indptr)[users] == 0
@@ -146,6 +152,87 @@ class Recommender(ABC):
         if single:
             return idx[0], vals[0]
         return idx, vals
+
+    def _has_cold(self, users: np.ndarray) -> bool:
+        """Whether some of ``users`` get the popularity fallback (then the index is skipped)."""
+        if not self.cold_users_get_popularity or self.seen_ is None:
+            return False
+        counts = np.diff(self.seen_.indptr)
+        ok = (users >= 0) & (users < len(counts))
+        return bool((counts[users[ok]] == 0).any())
+
+    def _recommend_indexed(self, users: np.ndarray, k: int, filter_seen: bool,
+                           exclude: sp.csr_matrix | None) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`recommend` through the attached item index (see :meth:`use_index`)."""
+        queries = self.query_vectors(users)
+        rows = []
+        for u in users:
+            drop = [np.zeros(0, np.int64)]
+            if filter_seen and self.seen_ is not None:
+                drop.append(self.seen_.indices[self.seen_.indptr[u]:self.seen_.indptr[u + 1]])
+            if exclude is not None:
+                drop.append(exclude[u].indices)
+            rows.append(np.unique(np.concatenate(drop)).astype(np.int64))
+        idx, vals = self.index_.search(np.ascontiguousarray(queries, dtype=np.float32), k, exclude=rows)
+        idx = np.asarray(idx, dtype=np.int64)
+        vals = np.asarray(vals, dtype=np.float32)
+        idx[~np.isfinite(vals)] = -1
+        return idx, vals
+
+    # ------------------------------------------------------------- serving hooks
+    def query_vectors(self, users: np.ndarray) -> np.ndarray:
+        """``(B, D)`` vectors ``p_u`` with ``score(u) = p_u @ item_vectors().T``.
+
+        Only dot-product models have them; the others raise :class:`ConfigError`.
+        """
+        raise ConfigError(f"{self.name} does not score by a dot product, so it cannot use an item index")
+
+    def item_vectors(self) -> np.ndarray:
+        """``(n_items, D)`` item vectors ``q_v`` (dot-product models only)."""
+        raise ConfigError(f"{self.name} does not score by a dot product, so it cannot use an item index")
+
+    def use_index(self, index: Any) -> None:
+        """Rank through ``index`` (a :class:`mgrec.retrieval.ItemIndex` over
+        :meth:`item_vectors`), or back through full scores with ``None``.
+
+        :meth:`recommend` then searches the index with :meth:`query_vectors` and drops the same
+        items (seen, ``exclude``); ``candidates`` still goes through full scores.
+        """
+        if index is not None and (index.n_items != self.n_items_):
+            raise ConfigError(f"the index holds {index.n_items} items, the model {self.n_items_}")
+        self.index_ = index
+
+    def observe(self, users: np.ndarray, items: np.ndarray, times: np.ndarray | None = None,
+                weights: np.ndarray | None = None) -> None:
+        """Take new events of known users and items into account without retraining.
+
+        The base class marks the items as seen (so they are filtered, and models that score
+        from the interaction matrix, such as EASE and ItemKNN, read them at once). Models with
+        richer context (the fused model's history, friends and time) extend this. The new
+        state replaces the old by reference, so concurrent readers see either one.
+
+        Args:
+            users: ``(E,)`` user codes.
+            items: ``(E,)`` item codes.
+            times: ``(E,)`` unix seconds.
+            weights: ``(E,)`` strengths.
+        """
+        users = np.asarray(users, dtype=np.int64).reshape(-1)
+        items = np.asarray(items, dtype=np.int64).reshape(-1)
+        if users.shape != items.shape:
+            raise DataError("users and items must have one entry per event", field="events")
+        if len(users) and (users.min() < 0 or users.max() >= self.n_users_):
+            raise DataError(f"user codes must lie in 0..{self.n_users_ - 1}", field="user_id")
+        if len(items) and (items.min() < 0 or items.max() >= self.n_items_):
+            raise DataError(f"item codes must lie in 0..{self.n_items_ - 1}", field="item_id")
+        if self.seen_ is None or not len(users):
+            return
+        new = sp.csr_matrix((np.ones(len(users), np.float32), (users, items)), shape=self.seen_.shape)
+        seen = (self.seen_ + new).tocsr()
+        seen.data[:] = 1.0
+        seen.sort_indices()
+        self._pop_cache = None
+        self.seen_ = seen
 
     def _popularity(self) -> np.ndarray:
         """Training interaction counts per item (the fallback ranking for cold users)."""
@@ -179,6 +266,7 @@ class Recommender(ABC):
         arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
         tmp = path / f".{WEIGHTS}.tmp"
         save_file(arrays, str(tmp))
+        digest = _sha256(tmp)
         tmp.replace(path / WEIGHTS)
         atomic_write_json(
             path / MODEL_JSON,
@@ -187,6 +275,7 @@ class Recommender(ABC):
                 "model": self.name,
                 "n_users": self.n_users_,
                 "n_items": self.n_items_,
+                "weights_sha256": digest,
                 "config": config,
             },
         )
@@ -203,6 +292,15 @@ class Recommender(ABC):
         path = Path(path)
         meta = _read_model_json(path / MODEL_JSON)
         klass = get_model_class(meta["model"]) if cls is Recommender else cls
+        expected = meta.get("weights_sha256")
+        if expected is not None:
+            try:
+                found = _sha256(path / WEIGHTS)
+            except FileNotFoundError:
+                raise DataError("model weights are missing", file=path / WEIGHTS) from None
+            if found != expected:
+                raise DataError("the weights do not match the checksum in model.json: the file was "
+                                "modified or truncated", file=path / WEIGHTS)
         try:
             arrays = load_file(str(path / WEIGHTS))
         except FileNotFoundError:
@@ -222,6 +320,14 @@ class Recommender(ABC):
         except (KeyError, ValueError, TypeError) as err:
             raise DataError(f"model weights do not match model.json ({err})", file=path / WEIGHTS) from None
         return model
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _mask(scores: np.ndarray, rows: sp.csr_matrix) -> None:

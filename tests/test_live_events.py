@@ -3,6 +3,8 @@ index path of ``recommend()``, and stored events merged into a dataset for retra
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -82,23 +84,23 @@ def mgr():
 
 
 def test_mgr_observe_moves_the_user_vector_and_friends_see_it(mgr):
+    mgr = copy.deepcopy(mgr)  # the module's model stays as trained
     users = np.arange(mgr.n_users_)
     friend_of = {int(u): int(f) for u, f in enumerate(mgr.context_.friends[:, 0]) if f < mgr.n_users_}
     user, friend = next(iter(friend_of.items()))
     p_user, p_friend = mgr.query_vectors(np.array([user, friend]))
-    last = mgr.context_.history(friend)[1][-1]
+    last = mgr.context_.history(user)[1][-1]  # the friend's event comes before the user's request time
     item = int(np.setdiff1d(np.arange(mgr.n_items_), mgr.seen_[friend].indices)[0])
-    old_context = mgr.context_
-    mgr.observe(np.array([friend]), np.array([item]), np.array([float(last) + 60]))
-    try:
-        q_user, q_friend = mgr.query_vectors(np.array([user, friend]))
-        assert not np.allclose(p_friend, q_friend)  # the friend's own history moved
-        b = mgr.context_.batch(np.array([user]), times=np.array([float(last) + 3600]))
-        assert item in b.friend_items[0].numpy()  # and the user's friend features read it
-        assert item not in mgr.recommend(friend, k=mgr.n_items_)[0].tolist()
-        assert mgr.query_vectors(users).shape == (mgr.n_users_, 8)
-    finally:
-        mgr.context_ = old_context
+    mgr.observe(np.array([friend]), np.array([item]), np.array([float(last) - 1]))
+    q_user, q_friend = mgr.query_vectors(np.array([user, friend]))
+    assert not np.allclose(p_friend, q_friend)  # the friend's own history moved
+    # cached vectors were dropped for the friend and for the user who lists them
+    fresh = mgr.net_.user_vectors(mgr.context_.batch(np.array([user, friend])))[0].detach().numpy()
+    np.testing.assert_allclose(np.stack([q_user, q_friend]), fresh, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(p_user, q_user)
+    assert item in mgr.context_.batch(np.array([user])).friend_items[0].numpy()  # the user's friends read it
+    assert item not in mgr.recommend(friend, k=mgr.n_items_)[0].tolist()
+    assert mgr.query_vectors(users).shape == (mgr.n_users_, 8)
 
 
 def test_recommend_through_an_index_matches_full_scores(mgr):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -220,10 +221,19 @@ class MGR(ServingMixin, Recommender):
         self.history_: list[dict[str, float]] = []
         self.best_epoch_, self.best_valid_ = 0, float("nan")
         self._init_serving()
+        self._reset_vector_cache()
+
+    #: Users whose serving vectors :meth:`query_vectors` keeps.
+    vector_cache_size: int = 100_000
+
+    def _reset_vector_cache(self) -> None:
+        self._vector_cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._context_gen = 0
 
     # ------------------------------------------------------------------ training
     def _fit(self, dataset: Dataset, train: pd.DataFrame, valid: pd.DataFrame | None) -> None:
         cfg = self.config
+        self._reset_vector_cache()
         self.granularities_ = resolve_granularities(cfg, dataset)
         self.behavior_mode_ = resolve_behavior_mode(cfg, dataset, train, valid)
         uf = _encode(dataset.user_features) if "user" in self.granularities_ else None
@@ -379,13 +389,36 @@ class MGR(ServingMixin, Recommender):
 
     # ------------------------------------------------------------------ serving
     def query_vectors(self, users: np.ndarray) -> np.ndarray:
-        """``(B, D)`` fused user vectors ``p_{u,c}`` in the current context (see :meth:`score`)."""
+        """``(B, D)`` fused user vectors ``p_{u,c}`` in the current context (see :meth:`score`).
+
+        A known user's vector depends only on the context (history, friends' items, the
+        request time after the last event), so computed vectors are kept (up to
+        ``vector_cache_size`` users, least recently used first out) until :meth:`observe`
+        changes the context of that user or of one of their friends.
+        """
         check_fitted(self.net_ is not None, self.name)
         assert self.net_ is not None and self.context_ is not None
         users = check_users(users, self.context_.n_users)
-        with torch.no_grad():
-            self.net_.eval()
-            return self.net_.user_vectors(self.context_.batch(users))[0].numpy()
+        cache, gen = self._vector_cache, self._context_gen
+        out: list[np.ndarray | None] = [cache.get(int(u)) for u in users]
+        missing = [n for n, v in enumerate(out) if v is None]
+        if missing:
+            context = self.context_
+            if self.net_.training:
+                self.net_.eval()
+            with torch.inference_mode():
+                vecs = self.net_.user_vectors(context.batch(users[missing]))[0].numpy()
+            for n, v in zip(missing, vecs, strict=True):
+                out[n] = v
+            if gen == self._context_gen and self.vector_cache_size > 0:  # no event arrived meanwhile
+                for n, v in zip(missing, vecs, strict=True):
+                    cache[int(users[n])] = v
+                while len(cache) > self.vector_cache_size:
+                    cache.popitem(last=False)
+        for u in users:
+            if int(u) in cache:
+                cache.move_to_end(int(u))
+        return np.stack(out).astype(np.float32, copy=False)
 
     def item_vectors(self) -> np.ndarray:
         """``(n_items, D)`` item vectors ``q_v`` (added items included)."""
@@ -407,7 +440,12 @@ class MGR(ServingMixin, Recommender):
                                             None if times is None else np.asarray(times)[base],
                                             None if weights is None else np.asarray(weights)[base])
         super().observe(users, items, times, weights)
+        self._context_gen += 1
         self.context_ = context
+        # the users' own vectors and those of everyone who counts them as a friend are stale
+        stale = np.flatnonzero(np.isin(context.friends, users).any(axis=1)).tolist() + users.tolist()
+        for u in stale:
+            self._vector_cache.pop(int(u), None)
 
     # -------------------------------------------------------------- persistence
     def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -455,6 +493,7 @@ class MGR(ServingMixin, Recommender):
         state = {k[4:]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith("net/")}
         self.net_.load_state_dict(state, strict=True)
         self.net_.eval()
+        self._reset_vector_cache()
         self._load_serving(meta, arrays)
 
 

@@ -433,6 +433,39 @@ def test_engine_replays_only_events_after_training(folders, tmp_path):
     n = int(np.diff(engine.snapshot.model.context_.indptr)[engine.snapshot.user_code["u0"]])
     engine.add_events([Event("u0", "i2", 1.9e9 + 1, 1.0)])
     assert int(np.diff(engine.snapshot.model.context_.indptr)[engine.snapshot.user_code["u0"]]) == n + 1
+    engine.close()
+    store.close()
+
+
+def test_group_commit_answers_each_caller(folders, tmp_path):
+    """Concurrent calls share transactions; each caller gets its own counts and last sequence
+    number, and a bad call fails alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mgrec.errors import DataError
+    from mgrec.server.engine import Engine
+    from mgrec.store import Event
+
+    _, a, _ = folders
+    store = open_store(f"sqlite:///{tmp_path / 'g.db'}")
+    engine = Engine(a, store)
+    users = list(engine.snapshot.user_code)[:40]
+    calls = [[Event(u, "i1", 1.9e9 + k, 1.0)] * (1 + k % 3) + [Event(u, "nope", 1.9e9, 1.0)] * (k % 2)
+             for k, u in enumerate(users)]
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(engine.add_events, calls))
+    assert [x["stored"] for x in answers] == [len(c) for c in calls]
+    assert [x["applied"] for x in answers] == [1 + k % 3 for k in range(40)]
+    assert [x["unknown_items"] for x in answers] == [["nope"] * (k % 2) for k in range(40)]
+    seqs = [x["last_seq"] for x in answers]
+    assert len(set(seqs)) == 40 and store.count() == sum(map(len, calls))
+    frame = store.frame()
+    for x, call in zip(answers, calls, strict=True):  # each caller's last sequence number is its own event
+        assert frame.loc[frame["seq"] == x["last_seq"], "user_id"].item() == call[0].user_id
+    with pytest.raises(DataError, match="weight"):
+        engine.add_events([Event("u0", "i1", None, float("nan"))])
+    assert store.count() == sum(map(len, calls))
+    engine.close()
     store.close()
 
 

@@ -227,12 +227,8 @@ class Recommender(ABC):
             raise DataError(f"item codes must lie in 0..{self.n_items_ - 1}", field="item_id")
         if self.seen_ is None or not len(users):
             return
-        new = sp.csr_matrix((np.ones(len(users), np.float32), (users, items)), shape=self.seen_.shape)
-        seen = (self.seen_ + new).tocsr()
-        seen.data[:] = 1.0
-        seen.sort_indices()
         self._pop_cache = None
-        self.seen_ = seen
+        self.seen_ = _with_entries(self.seen_, users, items)
 
     def _popularity(self) -> np.ndarray:
         """Training interaction counts per item (the fallback ranking for cold users)."""
@@ -320,6 +316,30 @@ class Recommender(ABC):
         except (KeyError, ValueError, TypeError) as err:
             raise DataError(f"model weights do not match model.json ({err})", file=path / WEIGHTS) from None
         return model
+
+
+def _with_entries(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> sp.csr_matrix:
+    """A copy of the binary CSR ``m`` (sorted indices) with 1 at ``(rows, cols)``.
+
+    New entries are inserted in place of a rebuild, so the cost is one copy of the arrays
+    (no sort of all entries): cheap enough for every live event.
+    """
+    pairs = np.unique(np.stack([rows, cols], axis=1), axis=0)
+    pos = np.empty(len(pairs), np.int64)
+    fresh = np.ones(len(pairs), bool)
+    for k, (r, c) in enumerate(pairs):
+        row = m.indices[m.indptr[r]:m.indptr[r + 1]]
+        at = int(np.searchsorted(row, c))
+        pos[k] = m.indptr[r] + at
+        fresh[k] = at == len(row) or row[at] != c
+    pairs, pos = pairs[fresh], pos[fresh]
+    if not len(pairs):
+        return m
+    indices = np.insert(m.indices, pos, pairs[:, 1].astype(m.indices.dtype))
+    data = np.insert(m.data, pos, np.ones(len(pairs), m.data.dtype))
+    added = np.bincount(pairs[:, 0], minlength=m.shape[0])
+    indptr = m.indptr + np.concatenate([[0], np.cumsum(added)]).astype(m.indptr.dtype)
+    return sp.csr_matrix((data, indices, indptr), shape=m.shape)
 
 
 def _sha256(path: Path) -> str:

@@ -65,7 +65,8 @@ import pandas as pd
 
 from mgrec.errors import ConfigError, DataError, MgrecError
 
-__all__ = ["SCHEMA_VERSION", "Event", "EventStore", "PostgresEventStore", "SQLiteEventStore", "mask_url", "open_store"]
+__all__ = ["SCHEMA_VERSION", "Event", "EventStore", "PostgresEventStore", "SQLiteEventStore", "mask_url",
+           "open_store", "validate_events"]
 
 SCHEMA_VERSION = 1
 """Version of the table layout; a database holding another version is refused."""
@@ -276,6 +277,15 @@ def _validate(events: Sequence[Event]) -> list[tuple[str, str, float | None, flo
                 raise DataError(f"timestamp must be finite, got {ts!r}", field=f"{where}.timestamp")
         rows.append((ev.user_id, ev.item_id, ts, weight))
     return rows
+
+
+def validate_events(events: Sequence[Event]) -> None:
+    """Check ``events`` as :meth:`EventStore.add` does, without writing.
+
+    Raises:
+        DataError: naming the first bad field (``events[i].weight`` ...).
+    """
+    _validate(events)
 
 
 def _build_frame(rows: list[tuple[Any, ...]]) -> pd.DataFrame:

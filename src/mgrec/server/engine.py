@@ -6,12 +6,13 @@ training data. Every request reads ``engine.snapshot`` once and works on that ob
 reload (:meth:`Engine.reload`) that swaps in a new snapshot never shows a request a
 half-loaded model, and a model that fails to load leaves the old one serving.
 
-Events (:meth:`Engine.add_events`) are first committed to the event store (durable), then
-applied to the current snapshot through :meth:`~mgrec.recommender.Recommender.observe`: the
-fused model's behaviour, social and time encoders read them on the next request, without
-retraining. Events of users the model does not know are kept per user and served through the
-cold-start path. A new snapshot replays the store's events that its model was not trained on
-(those after the ``store_seq`` recorded by ``mgrec train --from-store``).
+Events (:meth:`Engine.add_events`) are first committed to the event store (durable; concurrent
+calls share one transaction, a group commit), then applied to the current snapshot through
+:meth:`~mgrec.recommender.Recommender.observe`: the fused model's behaviour, social and time
+encoders read them on the next request, without retraining. Events of users the model does
+not know are kept per user and served through the cold-start path. A new snapshot replays
+the store's events that its model was not trained on (those after the ``store_seq`` recorded
+by ``mgrec train --from-store``).
 
 All recommendation paths go through the model's ``recommend()`` contract (or
 ``recommend_context()`` for users the model has never seen).
@@ -21,23 +22,27 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from mgrec.errors import ConfigError, DataError, MgrecError
 from mgrec.experiment import LoadedRun, load_run
-from mgrec.store import Event, EventStore
+from mgrec.store import Event, EventStore, validate_events
 
 __all__ = ["Engine", "Snapshot", "NotFound", "Recommendation"]
 
 log = logging.getLogger("mgrec.server")
+
+#: At most this many events go into one transaction of the group commit.
+GROUP_COMMIT_MAX = 10_000
 
 
 class NotFound(MgrecError):
@@ -123,6 +128,9 @@ class Engine:
         self.snapshot: Snapshot = self._load(self.model_dir)
         with self._write_lock:
             self._replay(self.snapshot)
+        self._pending: queue.Queue[tuple[list[Event], Future[dict[str, Any]]] | None] = queue.Queue()
+        self._committer = threading.Thread(target=self._commit_loop, name="mgrec-commit", daemon=True)
+        self._committer.start()
 
     # ------------------------------------------------------------------- loading
     def _load(self, path: Path) -> Snapshot:
@@ -179,50 +187,98 @@ class Engine:
         return new.version
 
     # -------------------------------------------------------------------- events
-    def add_events(self, events: Sequence[Event]) -> dict[str, Any]:
+    def add_events(self, events: Sequence[Event], timeout: float | None = 60.0) -> dict[str, Any]:
         """Store ``events`` durably, then apply them to the serving model.
 
-        A missing timestamp becomes the time the server received the event.
+        Concurrent calls are committed together (group commit): one committer thread takes
+        every batch waiting, writes them in one transaction (one flush to disk), applies them,
+        and then answers each caller. A missing timestamp becomes the time the server
+        received the event.
 
         Returns:
             ``{"stored", "applied", "unknown_items", "last_seq"}``.
+
+        Raises:
+            DataError: for a bad event (nothing of this call is stored).
         """
         now = time.time()
         events = [e if e.timestamp is not None else Event(e.user_id, e.item_id, now, e.weight) for e in events]
-        with self._write_lock:
-            seqs = self.store.add(events)
-            frame = pd.DataFrame({
-                "seq": np.asarray(seqs, np.int64), "user_id": [e.user_id for e in events],
-                "item_id": [e.item_id for e in events], "timestamp": [e.timestamp for e in events],
-                "weight": np.asarray([e.weight for e in events], np.float32),
-            })
-            applied, unknown = self._apply(self.snapshot, frame)
-        return {"stored": len(seqs), "applied": applied, "unknown_items": unknown,
-                "last_seq": int(seqs[-1]) if seqs else self.store.last_seq()}
+        validate_events(events)  # a bad call must not fail the others committed with it
+        if not events:
+            return {"stored": 0, "applied": 0, "unknown_items": [], "last_seq": self.store.last_seq()}
+        done: Future[dict[str, Any]] = Future()
+        self._pending.put((events, done))
+        return done.result(timeout)
+
+    def _commit_loop(self) -> None:
+        while True:
+            first = self._pending.get()
+            if first is None:
+                return
+            group = [first]
+            n = len(first[0])
+            while n < GROUP_COMMIT_MAX:
+                try:
+                    nxt = self._pending.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._pending.put(None)
+                    break
+                group.append(nxt)
+                n += len(nxt[0])
+            events = [e for evs, _ in group for e in evs]
+            try:
+                with self._write_lock:
+                    seqs = np.asarray(self.store.add(events), dtype=np.int64)
+                    applied, unknown = self._apply(
+                        self.snapshot, seqs, [e.user_id for e in events], [e.item_id for e in events],
+                        np.array([e.timestamp for e in events], np.float64),
+                        np.array([e.weight for e in events], np.float32))
+            except BaseException as err:  # the store refused or failed: every caller hears it
+                for _, fut in group:
+                    fut.set_exception(err)
+                continue
+            start = 0
+            for evs, fut in group:
+                part = slice(start, start + len(evs))
+                start += len(evs)
+                mine = {e.item_id for e in evs}
+                fut.set_result({"stored": len(evs), "applied": int(applied[part].sum()),
+                                "unknown_items": sorted(mine & unknown), "last_seq": int(seqs[part][-1])})
+
+    def close(self) -> None:
+        """Stop the committer thread (after the calls already queued)."""
+        if self._committer.is_alive():
+            self._pending.put(None)
+            self._committer.join(timeout=30)
 
     def _replay(self, snap: Snapshot) -> None:
         frame = self.store.frame(since=snap.applied_seq)
         if len(frame):
-            applied, _ = self._apply(snap, frame)
-            log.info("replayed %d stored events (%d applied to known users and items)", len(frame), applied)
+            applied, _ = self._apply(snap, frame["seq"].to_numpy(np.int64), frame["user_id"].tolist(),
+                                     frame["item_id"].tolist(), frame["timestamp"].to_numpy(np.float64),
+                                     frame["weight"].to_numpy(np.float32))
+            log.info("replayed %d stored events (%d applied to known users and items)", len(frame), applied.sum())
 
-    def _apply(self, snap: Snapshot, frame: pd.DataFrame) -> tuple[int, list[str]]:
-        """Apply stored events to ``snap``; returns (applied to the model, unknown item ids)."""
-        if not len(frame):
-            return 0, []
-        u = np.array([snap.user_code.get(str(x), -1) for x in frame["user_id"]], dtype=np.int64)
-        i = np.array([snap.item_code.get(str(x), -1) for x in frame["item_id"]], dtype=np.int64)
-        ts = frame["timestamp"].to_numpy(np.float64)
-        w = frame["weight"].to_numpy(np.float32)
+    def _apply(self, snap: Snapshot, seqs: np.ndarray, users: list[str], items: list[str], ts: np.ndarray,
+               w: np.ndarray) -> tuple[np.ndarray, set[str]]:
+        """Apply stored events to ``snap``.
+
+        Returns:
+            ``(applied, unknown)``: per event whether the model took it (known user and item),
+            and the item ids the model does not know (stored only).
+        """
+        u = np.array([snap.user_code.get(x, -1) for x in users], dtype=np.int64)
+        i = np.array([snap.item_code.get(x, -1) for x in items], dtype=np.int64)
         known = (u >= 0) & (i >= 0)
         if known.any():
             snap.model.observe(u[known], i[known], ts[known], w[known])
         for row in np.flatnonzero((u < 0) & (i >= 0)):
-            snap.live.setdefault(str(frame["user_id"].iat[row]), []).append(
-                (str(frame["item_id"].iat[row]), float(ts[row]), float(w[row])))
-        snap.applied_seq = max(snap.applied_seq, int(frame["seq"].max()))
-        unknown = sorted({str(x) for x in frame["item_id"].to_numpy()[i < 0]})
-        return int(known.sum()), unknown
+            snap.live.setdefault(users[row], []).append((items[row], float(ts[row]), float(w[row])))
+        if len(seqs):
+            snap.applied_seq = max(snap.applied_seq, int(seqs.max()))
+        return known, {items[r] for r in np.flatnonzero(i < 0)}
 
     # ------------------------------------------------------------ recommendations
     def recommend_user(self, user_id: str, k: int = 10, *, exclude_seen: bool = True,

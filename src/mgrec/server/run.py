@@ -151,4 +151,5 @@ def serve(cfg: ServeConfig) -> None:
     finally:
         if watcher is not None:
             watcher.stop()
+        engine.close()
         engine.store.close()

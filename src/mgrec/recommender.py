@@ -11,7 +11,6 @@ weights that do not match their checksum (modified or truncated) are refused.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -26,7 +25,7 @@ from safetensors.numpy import load_file, save_file
 
 from mgrec.data.dataset import Dataset, to_csr
 from mgrec.errors import ConfigError, DataError
-from mgrec.io import atomic_write_json
+from mgrec.io import atomic_write_json, sha256_file
 
 __all__ = ["Recommender", "topk", "FORMAT_VERSION"]
 
@@ -262,7 +261,7 @@ class Recommender(ABC):
         arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
         tmp = path / f".{WEIGHTS}.tmp"
         save_file(arrays, str(tmp))
-        digest = _sha256(tmp)
+        digest = sha256_file(tmp)
         tmp.replace(path / WEIGHTS)
         atomic_write_json(
             path / MODEL_JSON,
@@ -291,7 +290,7 @@ class Recommender(ABC):
         expected = meta.get("weights_sha256")
         if expected is not None:
             try:
-                found = _sha256(path / WEIGHTS)
+                found = sha256_file(path / WEIGHTS)
             except FileNotFoundError:
                 raise DataError("model weights are missing", file=path / WEIGHTS) from None
             if found != expected:
@@ -340,14 +339,6 @@ def _with_entries(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> sp.cs
     added = np.bincount(pairs[:, 0], minlength=m.shape[0])
     indptr = m.indptr + np.concatenate([[0], np.cumsum(added)]).astype(m.indptr.dtype)
     return sp.csr_matrix((data, indices, indptr), shape=m.shape)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _mask(scores: np.ndarray, rows: sp.csr_matrix) -> None:

@@ -23,7 +23,7 @@ import pandas as pd
 from mgrec.data.dataset import Dataset
 from mgrec.data.readers import parse_floats, parse_ints, read_table, require_file
 from mgrec.errors import ConfigError, DataError
-from mgrec.io import atomic_dir, atomic_write_json
+from mgrec.io import atomic_dir, atomic_write_json, sha256_file
 
 __all__ = ["PROTOCOLS", "PARTS", "SPLIT_FORMAT_VERSION", "Split", "make_split", "ratio_counts"]
 
@@ -146,7 +146,7 @@ class Split:
         frames = {}
         for part in PARTS:
             file = require_file(Path(path) / f"{part}.tsv")
-            expected, actual = manifest["sha256"].get(f"{part}.tsv"), _sha256_file(file)
+            expected, actual = manifest["sha256"].get(f"{part}.tsv"), sha256_file(file)
             if actual != expected:
                 message = f"was modified after the split was saved (sha256 {actual} != {expected})"
                 raise DataError(message, file=file)
@@ -387,11 +387,3 @@ def _read_manifest(file: Path, dataset: Dataset) -> dict[str, Any]:
         message = f"columns {manifest['columns']} do not match the dataset: {_raw_columns(dataset)}"
         raise DataError(message, file=file, field="columns")
     return manifest
-
-
-def _sha256_file(file: Path) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

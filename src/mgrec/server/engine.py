@@ -20,7 +20,7 @@ All recommendation paths go through the model's ``recommend()`` contract (or
 
 from __future__ import annotations
 
-import hashlib
+import json
 import logging
 import queue
 import threading
@@ -35,6 +35,7 @@ import numpy as np
 
 from mgrec.errors import ConfigError, DataError, MgrecError
 from mgrec.experiment import LoadedRun, load_run
+from mgrec.io import sha256_file
 from mgrec.store import Event, EventStore, validate_events
 
 __all__ = ["Engine", "Snapshot", "NotFound", "Recommendation"]
@@ -96,12 +97,10 @@ class Snapshot:
 
 
 def _model_version(path: Path) -> str:
-    """A short content hash of the weights: the same files always give the same version."""
-    h = hashlib.sha256()
-    with open(path / "model" / "weights.safetensors", "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:12]
+    """The first 12 hex digits of the weights' SHA-256 (checked when the model loaded): the
+    same files always give the same version."""
+    meta = json.loads((path / "model" / "model.json").read_text(encoding="utf-8"))
+    return str(meta.get("weights_sha256") or sha256_file(path / "model" / "weights.safetensors"))[:12]
 
 
 class Engine:

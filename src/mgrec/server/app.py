@@ -19,6 +19,7 @@ request bodies over ``max_body_bytes`` get 413 before they are read.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -236,8 +237,9 @@ def create_app(engine: Engine, keys: ApiKeys | None, *, limits: Limits | None = 
                   docs_url="/docs", redoc_url=None)
     app.state.engine, app.state.metrics, app.state.limits = engine, metrics, limits
 
-    def require(role: str) -> Callable[[Request], None]:
-        def check(request: Request) -> None:
+    def require(role: str) -> Callable[[Request], Awaitable[None]]:
+        # async, so FastAPI runs it on the event loop instead of a thread-pool hop per request
+        async def check(request: Request) -> None:
             if keys is None:
                 return
             header = request.headers.get("authorization", "")
@@ -325,12 +327,14 @@ def create_app(engine: Engine, keys: ApiKeys | None, *, limits: Limits | None = 
         return SimilarOut(item_id=item_id, items=_items(rec), model_version=snap.version)
 
     @app.post("/v1/events", response_model=EventsOut, dependencies=[write], tags=["events"])
-    def post_events(body: EventsBody) -> EventsOut:
-        """Store one event or a batch; the users' next recommendations read them."""
+    async def post_events(body: EventsBody) -> EventsOut:
+        """Store one event or a batch; the users' next recommendations read them. The answer
+        comes once the events are committed (the committer thread groups concurrent calls)."""
         events = body.events if isinstance(body, EventBatch) else [body]
         if len(events) > limits.max_events:
             raise _HTTPError(422, f"at most {limits.max_events} events per request", "events")
-        out = engine.add_events([Event(e.user_id, e.item_id, e.timestamp, e.weight) for e in events])
+        done = engine.submit_events([Event(e.user_id, e.item_id, e.timestamp, e.weight) for e in events])
+        out = await asyncio.wrap_future(done)
         metrics.events.inc(out["stored"])
         return EventsOut(**out)
 

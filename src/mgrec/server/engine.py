@@ -200,14 +200,23 @@ class Engine:
         Raises:
             DataError: for a bad event (nothing of this call is stored).
         """
+        return self.submit_events(events).result(timeout)
+
+    def submit_events(self, events: Sequence[Event]) -> Future[dict[str, Any]]:
+        """:meth:`add_events` without waiting: the future holds the answer once committed.
+
+        Raises:
+            DataError: for a bad event, at once (nothing of this call is queued).
+        """
         now = time.time()
         events = [e if e.timestamp is not None else Event(e.user_id, e.item_id, now, e.weight) for e in events]
         validate_events(events)  # a bad call must not fail the others committed with it
-        if not events:
-            return {"stored": 0, "applied": 0, "unknown_items": [], "last_seq": self.store.last_seq()}
         done: Future[dict[str, Any]] = Future()
-        self._pending.put((events, done))
-        return done.result(timeout)
+        if not events:
+            done.set_result({"stored": 0, "applied": 0, "unknown_items": [], "last_seq": self.store.last_seq()})
+        else:
+            self._pending.put((events, done))
+        return done
 
     def _commit_loop(self) -> None:
         while True:

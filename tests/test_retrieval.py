@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from mgrec.errors import ConfigError
-from mgrec.retrieval import ExactIndex, FaissIndex, build_index, dequantize, quantize_rows
+from mgrec.retrieval import ExactIndex, FaissIndex, FaissIVFIndex, build_index, dequantize, quantize_rows
 
 
 def _brute(x: np.ndarray, q: np.ndarray, k: int, exclude=None) -> tuple[np.ndarray, np.ndarray]:
@@ -161,6 +161,51 @@ def test_faiss_recall_and_exclusions(clustered):
     assert ann.ef_search == 200
 
 
+def test_ivf_recall_exclusions_and_quantized_storage(clustered):
+    x, q = clustered
+    exact = ExactIndex(x)
+    ann = FaissIVFIndex(x)  # nlist = sqrt(n), nprobe = max(16, nlist / 16)
+    assert ann.kind == "faiss-ivf" and ann.nlist == round(np.sqrt(len(x))) and ann.nprobe == 16
+    ref, _ = exact.search(q, 10)
+    items, scores = ann.search(q, 10)
+    assert _overlap(items, ref) >= 0.95
+    assert (np.diff(scores, axis=1) <= 1e-5).all()
+    excl = [r[:5] for r in ref]
+    items, _ = ann.search(q, 10, exclude=excl)
+    for row, e in zip(items, excl, strict=True):
+        assert not np.isin(row, e).any() and (row >= 0).all()
+    assert ann.memory_bytes() >= x.nbytes  # vectors + ids + centroids
+    assert FaissIVFIndex(x, quantize="int8").memory_bytes() < 0.5 * ann.memory_bytes()
+    again, _ = FaissIVFIndex(x).search(q, 10)  # the same centroids every time
+    np.testing.assert_array_equal(again, ann.search(q, 10)[0])
+    ann.nprobe = ann.nlist  # every group: exact
+    assert _overlap(ann.search(q, 10)[0], ref) == 1.0
+
+
+def test_ivf_keeps_long_vectors_reachable(clustered):
+    """Items of very different norms (popular items grow long) stay reachable after the
+    sphere transform, and scores are the inner products."""
+    x, q = clustered
+    scale = np.random.default_rng(5).lognormal(0.0, 0.5, len(x)).astype(np.float32)
+    x = x * scale[:, None]
+    ref, ref_scores = ExactIndex(x).search(q, 10, exclude=[np.arange(3)] * len(q))
+    items, scores = FaissIVFIndex(x).search(q, 10, exclude=[np.arange(3)] * len(q))
+    assert _overlap(items, ref) >= 0.95
+    np.testing.assert_allclose(scores[items == ref], ref_scores[items == ref], rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("cls", [FaissIndex, FaissIVFIndex])
+def test_faiss_refetches_and_pads_every_kind(cls):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((50, 8)).astype(np.float32)
+    q = rng.standard_normal((2, 8)).astype(np.float32)
+    ann = cls(x)
+    keep = np.array([4, 17, 33])
+    items, scores = ann.search(q, 5, exclude=[np.setdiff1d(np.arange(50), keep), np.array([], np.int64)])
+    assert set(items[0, :3]) == set(keep) and (items[0, 3:] == -1).all() and np.isneginf(scores[0, 3:]).all()
+    assert (items[1] >= 0).all()
+
+
 def test_faiss_refetches_and_pads():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((50, 8)).astype(np.float32)
@@ -178,8 +223,10 @@ def test_faiss_refetches_and_pads():
 def test_build_index_kinds_and_errors(rand):
     x, _ = rand
     assert isinstance(build_index(x, "auto", threshold=5001), ExactIndex)
-    small = build_index(x[:300], "auto", threshold=300, m=8, ef_search=32, chunk_rows=64)
-    assert isinstance(small, FaissIndex) and small.ef_search == 32
+    small = build_index(x[:300], "auto", threshold=300, nprobe=4, m=8, chunk_rows=64)
+    assert isinstance(small, FaissIVFIndex) and small.nprobe == 4 and small.nlist == 17  # round(sqrt(300))
+    hnsw = build_index(x[:300], "faiss", m=8, ef_search=32)
+    assert isinstance(hnsw, FaissIndex) and hnsw.ef_search == 32
     exact = build_index(x, "auto", threshold=10_000, ef_search=32, quantize="int8")  # faiss option ignored
     assert isinstance(exact, ExactIndex) and exact.quantize == "int8" and exact.kind == "exact"
     assert isinstance(build_index(x[:300], "faiss", quantize="fp16"), FaissIndex)
@@ -192,7 +239,13 @@ def test_build_index_kinds_and_errors(rand):
     with pytest.raises(ConfigError, match="unknown index parameter"):
         build_index(x, "exact", ef_search=10)
     with pytest.raises(ConfigError, match="unknown index parameter"):
-        build_index(x, "auto", nlist=10)
+        build_index(x, "faiss", nlist=10)
+    with pytest.raises(ConfigError, match="unknown index parameter"):
+        build_index(x, "auto", colour=10)
+    with pytest.raises(ConfigError, match="nlist"):
+        build_index(x[:10], "faiss-ivf", nlist=11)
+    with pytest.raises(ConfigError, match="nprobe must be a positive integer"):
+        build_index(x[:300], "faiss-ivf", nprobe=0)
     with pytest.raises(ConfigError, match="2-D"):
         build_index(x[0], "exact")
     with pytest.raises(ConfigError, match="finite"):

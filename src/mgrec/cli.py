@@ -135,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     cold.add_argument("--config", type=_config_arg, default={}, help="mgr config: JSON or a JSON file")
     cold.add_argument("--data-root")
 
+    onnx = sub.add_parser("export-onnx", help="write the fused model's scoring path as ONNX and check it")
+    onnx.add_argument("--model-dir", required=True)
+    onnx.add_argument("--out", required=True, help="the .onnx file to write (atomically)")
+    onnx.add_argument("--k", type=int, default=10, help="top-k length of the graph's output")
+    onnx.add_argument("--check-users", type=int, default=256,
+                      help="compare onnxruntime with PyTorch on this many users (0: skip)")
+
     demo = sub.add_parser("demo", help="train and compare the models on the synthetic dataset")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--out", default="runs/demo", help="where to keep the demo's model folders")
@@ -303,6 +310,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_onnx(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from mgrec.experiment import load_run
+    from mgrec.onnx_export import check_onnx, export_onnx
+
+    logging.getLogger("onnx_ir").setLevel(logging.ERROR)  # the exporter's optimiser is chatty
+    run = load_run(args.model_dir)
+    export_onnx(run.model, args.out, k=args.k)
+    out: dict[str, Any] = {"onnx": str(args.out)}
+    if args.check_users > 0:
+        users = np.arange(min(args.check_users, len(run.users)), dtype=np.int64)
+        out["check"] = check_onnx(run.model, args.out, users, k=args.k)
+    print(json.dumps(out))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from mgrec.demo import run_demo
 
@@ -318,6 +342,7 @@ COMMANDS = {
     "benchmark": cmd_benchmark,
     "coldstart": cmd_coldstart,
     "serve": cmd_serve,
+    "export-onnx": cmd_export_onnx,
     "demo": cmd_demo,
 }
 

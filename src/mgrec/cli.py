@@ -90,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "MGREC_API_KEYS adds comma-separated entries")
     srv.add_argument("--no-auth", action="store_true", help="no API keys (loopback only, for development)")
     srv.add_argument("--watch", action="store_true", help="reload when the model folder changes")
-    srv.add_argument("--index", default="auto", choices=["auto", "exact", "faiss", "none"],
-                     help="top-k retrieval: exact below 100k items and faiss above (auto)")
+    srv.add_argument("--index", default="auto", choices=["auto", "exact", "faiss-ivf", "faiss-hnsw", "faiss", "none"],
+                     help="top-k retrieval: exact below 100k items, a faiss inverted file above (auto)")
     srv.add_argument("--quantize", default="none", choices=["none", "fp16", "int8"],
                      help="item vectors in the index")
     srv.add_argument("--threads", type=int, default=1, help="torch threads per request")

@@ -109,15 +109,16 @@ class Engine:
     Args:
         model_dir: folder written by ``mgrec train``.
         store: the durable event store.
-        index: ``"auto"`` (exact below 100k items, faiss above), ``"exact"``, ``"faiss"`` or
-            ``"none"`` (full scores through ``score()``); dot-product models only.
+        index: ``"auto"`` (exact below 100k items, a faiss inverted file above), ``"exact"``,
+            ``"faiss-ivf"``, ``"faiss-hnsw"`` (``"faiss"``) or ``"none"`` (full scores through
+            ``score()``); dot-product models only.
         quantize: ``"none"``, ``"fp16"`` or ``"int8"`` item vectors in the index.
     """
 
     def __init__(self, model_dir: str | Path, store: EventStore, *, index: str = "auto",
                  quantize: str = "none") -> None:
-        if index not in ("auto", "exact", "faiss", "none"):
-            raise ConfigError(f"index must be auto, exact, faiss or none, got {index!r}")
+        if index not in ("auto", "exact", "faiss", "faiss-hnsw", "faiss-ivf", "none"):
+            raise ConfigError(f"index must be auto, exact, faiss-ivf, faiss-hnsw or none, got {index!r}")
         self.model_dir = Path(model_dir)
         self.store = store
         self.index_kind, self.quantize = index, quantize

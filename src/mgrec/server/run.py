@@ -31,7 +31,7 @@ class ServeConfig:
         no_auth: serve without keys (refused unless the host is loopback).
         watch: reload when the model folder changes on disk.
         watch_interval: seconds between checks of the folder.
-        index: ``auto``, ``exact``, ``faiss`` or ``none``.
+        index: ``auto``, ``exact``, ``faiss-ivf``, ``faiss-hnsw`` (``faiss``) or ``none``.
         quantize: ``none``, ``fp16`` or ``int8`` item vectors.
         threads: torch threads per request (1 suits many concurrent small requests).
     """

@@ -18,6 +18,11 @@ run() {
     # (bench/baselines.sh, the same protocol and code path); mgr keeps its ml-100k-tuned values
     lastfm-2k-random) $MGREC benchmark --datasets lastfm-2k --models lightgcn,mgr --split random --seeds 3 \
         --config '{"mgr": {"weight_decay": 1.0, "hist_dropout": 0.5}}' --out $R/models-lastfm-2k-random.json ;;
+    # the fusion table: mgr's default config (no tuning) with each fusion; `mgr` = `mgr-gated`
+    fusions-ml-100k-random) $MGREC benchmark --datasets ml-100k --models mgr --fusions weighted,product,deep,gated \
+        --split random --seeds 3 --no-tune --out $R/fusions-ml-100k-random.json ;;
+    fusions-ml-100k-loo) $MGREC benchmark --datasets ml-100k --models mgr --fusions weighted,product,deep,gated \
+        --split loo --seeds 3 --no-tune --out $R/fusions-ml-100k-loo.json ;;
     ablation-synthetic) $MGREC benchmark --datasets synthetic --models mgr --ablation --split loo --seeds 3 --no-tune \
         --out $R/ablation-synthetic-loo.json ;;
     coldstart) $MGREC coldstart --datasets ml-100k --seeds 1 --out $R/coldstart-ml-100k.json
@@ -26,5 +31,6 @@ run() {
     esac
 }
 STEPS=("$@")
-[ ${#STEPS[@]} -gt 0 ] || STEPS=(ml-100k-random ml-100k-loo lastfm-2k-random ablation-synthetic coldstart)
+[ ${#STEPS[@]} -gt 0 ] || STEPS=(ml-100k-random ml-100k-loo lastfm-2k-random fusions-ml-100k-random fusions-ml-100k-loo
+                                 ablation-synthetic coldstart)
 for step in "${STEPS[@]}"; do run "$step"; done

@@ -129,7 +129,8 @@ for _ in $(seq 1 20); do
 done
 [[ -n "$started" ]] || die "could not start PostgreSQL (log: $DATA/server.log)"
 
-STOP="$(as_pg_text "$(printf '%q ' "$BIN/pg_ctl" -D "$DATA" -m immediate -w stop)") >/dev/null; rm -rf $(printf '%q' "$DATA")"
+# run from / : the caller's folder may be closed to the postgres user (psql would complain)
+STOP="(cd / && $(as_pg_text "$(printf '%q ' "$BIN/pg_ctl" -D "$DATA" -m immediate -w stop)") >/dev/null 2>&1); rm -rf $(printf '%q' "$DATA")"
 "$BIN/createdb" -h 127.0.0.1 -p "$PORT" -U postgres mgrec_test >&2 \
     || { eval "$STOP"; die "createdb mgrec_test failed"; }
 URL="postgresql://postgres@127.0.0.1:$PORT/mgrec_test"

@@ -16,6 +16,7 @@
 # - Idempotent-ish: when MGREC_TEST_POSTGRES is already set and answers, it is printed again
 #   and nothing new is started.
 set -euo pipefail
+cd /  # the server runs as another user, who may not be allowed into the caller's folder
 
 log() { echo "postgres.sh: $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -129,7 +130,6 @@ for _ in $(seq 1 20); do
 done
 [[ -n "$started" ]] || die "could not start PostgreSQL (log: $DATA/server.log)"
 
-# run from / : the caller's folder may be closed to the postgres user (psql would complain)
 STOP="(cd / && $(as_pg_text "$(printf '%q ' "$BIN/pg_ctl" -D "$DATA" -m immediate -w stop)") >/dev/null 2>&1); rm -rf $(printf '%q' "$DATA")"
 "$BIN/createdb" -h 127.0.0.1 -p "$PORT" -U postgres mgrec_test >&2 \
     || { eval "$STOP"; die "createdb mgrec_test failed"; }

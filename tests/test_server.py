@@ -503,3 +503,42 @@ def test_server_on_postgresql_store(folders, tmp_path, ids):
         srv.stop()
     with open_store(url) as s:
         assert s.count() == 2 and s.frame()["user_id"].tolist() == [user, user]
+
+
+def test_engine_serves_a_baseline_model(tmp_path):
+    """A model without vectors, explanations or cold start (EASE): scores from the grown
+    interaction matrix, similar items from co-occurrence, new users by popularity."""
+    from mgrec.baselines.ease import EASE
+    from mgrec.data.split import make_split
+    from mgrec.data.synthetic import SyntheticConfig, make_synthetic
+    from mgrec.experiment import ExperimentConfig, TrainedRun, save_run
+    from mgrec.server.engine import Engine, NotFound
+    from mgrec.store import Event
+
+    ds = make_synthetic(SyntheticConfig(n_users=100, n_items=60, mean_events=10), seed=0)
+    split = make_split(ds, "random", seed=0)
+    model = EASE({"reg": 50.0}).fit(ds, split.train, split.valid)
+    save_run(TrainedRun(model, ds, split, {"dataset": "synthetic", "model": "ease"}),
+             ExperimentConfig(dataset="synthetic", model="ease"), tmp_path / "ease")
+    store = open_store(f"sqlite:///{tmp_path / 'e.db'}")
+    engine = Engine(tmp_path / "ease", store)
+    snap = engine.snapshot
+    assert snap.index_kind == "none" and not snap.can_explain and not snap.can_cold_start
+    user = next(iter(snap.user_code))
+    rec, _ = engine.recommend_user(user, 5)
+    assert len(rec.items) == 5 and rec.contributions is None
+    with pytest.raises(ConfigError, match="no per-granularity explanations"):
+        engine.recommend_user(user, 5, explain=True)
+    engine.add_events([Event(user, rec.items[0], None, 1.0)])
+    after, _ = engine.recommend_user(user, 5)
+    assert rec.items[0] not in after.items and after.scores != rec.scores  # EASE reads the grown row
+    sim, _ = engine.similar(rec.items[1], 4)
+    assert len(sim.items) == 4 and rec.items[1] not in sim.items
+    cold, _ = engine.recommend_context([(rec.items[2], None)], {"age": 30}, [user], None, 3)
+    assert cold.fallback == "popularity" and cold.ignored == {"features": ["age"]} and rec.items[2] not in cold.items
+    with pytest.raises(NotFound):
+        engine.similar("nope", 3)
+    info = engine.user_info(user)
+    assert info["known"] and rec.items[0] in {h["item_id"] for h in info["history"]}
+    engine.close()
+    store.close()

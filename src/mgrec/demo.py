@@ -43,7 +43,8 @@ def run_demo(*, seed: int = 0, out: Path = Path("runs/demo"), models: list[str] 
     print(f"\nbest on validation: {best}; saved to {path}")
     _show_users(runs[best], n_users=3)
     print(f"\ndemo finished in {time.perf_counter() - t_all:.0f}s. Next: mgrec recommend --model-dir {path} --user "
-          f"{runs[best].dataset.users.id(0)} --k 10")
+          f"{runs[best].dataset.users.id(0)} --k 10\n"
+          f"or serve it on http://127.0.0.1:8000/ (web page, API): mgrec serve --model-dir {path} --no-auth")
     return runs
 
 

@@ -23,6 +23,8 @@ run() {
         --split random --seeds 3 --no-tune --out $R/fusions-ml-100k-random.json ;;
     fusions-ml-100k-loo) $MGREC benchmark --datasets ml-100k --models mgr --fusions weighted,product,deep,gated \
         --split loo --seeds 3 --no-tune --out $R/fusions-ml-100k-loo.json ;;
+    ablation-ml-100k-random) $MGREC benchmark --datasets ml-100k --models mgr --ablation --split random --seeds 3 \
+        --no-tune --out $R/ablation-ml-100k-random.json ;;
     ablation-synthetic) $MGREC benchmark --datasets synthetic --models mgr --ablation --split loo --seeds 3 --no-tune \
         --out $R/ablation-synthetic-loo.json ;;
     coldstart) $MGREC coldstart --datasets ml-100k --seeds 1 --out $R/coldstart-ml-100k.json
@@ -32,5 +34,5 @@ run() {
 }
 STEPS=("$@")
 [ ${#STEPS[@]} -gt 0 ] || STEPS=(ml-100k-random ml-100k-loo lastfm-2k-random fusions-ml-100k-random fusions-ml-100k-loo
-                                 ablation-synthetic coldstart)
+                                 ablation-ml-100k-random ablation-synthetic coldstart)
 for step in "${STEPS[@]}"; do run "$step"; done

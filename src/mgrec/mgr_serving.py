@@ -1,5 +1,7 @@
 """Explanations and cold start for the fused model (mixed into :class:`mgrec.mgr.MGR`).
 
+* :meth:`ServingMixin.query_vectors` / :meth:`ServingMixin.observe`: user vectors for an item
+  index, cached until live events change the user's context (or a friend's).
 * :meth:`ServingMixin.explain`: how much each granularity adds to a user's score of an item
   (exact ``w_g (v_g . q)`` with weighted fusion, else leave-one-out score differences).
 * :meth:`ServingMixin.recommend_context`: recommendations for a user the model has never
@@ -12,6 +14,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -59,6 +62,73 @@ class ServingMixin:
         if self._extra_vectors is not None:
             q = torch.cat([q, self._extra_vectors], dim=0)
         return q
+
+    #: Users whose serving vectors :meth:`query_vectors` keeps.
+    vector_cache_size: int = 100_000
+
+    def _reset_vector_cache(self) -> None:
+        self._vector_cache: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._context_gen = 0
+
+    # ------------------------------------------------------- the serving index path
+    def query_vectors(self, users: np.ndarray) -> np.ndarray:
+        """``(B, D)`` fused user vectors ``p_{u,c}`` in the current context (see :meth:`score`).
+
+        A known user's vector depends only on the context (history, friends' items, the
+        request time after the last event), so computed vectors are kept (up to
+        ``vector_cache_size`` users, least recently used first out) until :meth:`observe`
+        changes the context of that user or of one of their friends.
+        """
+        check_fitted(self.net_ is not None, self.name)
+        assert self.net_ is not None and self.context_ is not None
+        users = check_users(users, self.context_.n_users)
+        cache, gen = self._vector_cache, self._context_gen
+        out: list[np.ndarray | None] = [cache.get(int(u)) for u in users]
+        missing = [n for n, v in enumerate(out) if v is None]
+        if missing:
+            context = self.context_
+            if self.net_.training:
+                self.net_.eval()
+            with torch.inference_mode():
+                vecs = self.net_.user_vectors(context.batch(users[missing]))[0].numpy()
+            for n, v in zip(missing, vecs, strict=True):
+                out[n] = v
+            if gen == self._context_gen and self.vector_cache_size > 0:  # no event arrived meanwhile
+                for n, v in zip(missing, vecs, strict=True):
+                    cache[int(users[n])] = v
+                while len(cache) > self.vector_cache_size:
+                    cache.popitem(last=False)
+        for u in users:
+            if int(u) in cache:
+                cache.move_to_end(int(u))
+        return np.stack(out).astype(np.float32, copy=False)
+
+    def item_vectors(self) -> np.ndarray:
+        """``(n_items, D)`` item vectors ``q_v`` (added items included)."""
+        check_fitted(self.net_ is not None, self.name)
+        with torch.no_grad():
+            self.net_.eval()
+            return self._item_matrix().numpy().copy()
+
+    def observe(self, users: np.ndarray, items: np.ndarray, times: np.ndarray | None = None,
+                weights: np.ndarray | None = None) -> None:
+        """New events enter the users' histories: the behaviour encoder reads them, friends
+        see them, and the request time moves to the latest event + 1 s (no retraining)."""
+        check_fitted(self.net_ is not None, self.name)
+        assert self.context_ is not None
+        users = np.asarray(users, dtype=np.int64).reshape(-1)
+        items = np.asarray(items, dtype=np.int64).reshape(-1)
+        base = items < self.context_.n_items  # added items have no embedding in the history
+        context = self.context_.with_events(users[base], items[base],
+                                            None if times is None else np.asarray(times)[base],
+                                            None if weights is None else np.asarray(weights)[base])
+        super().observe(users, items, times, weights)
+        self._context_gen += 1
+        self.context_ = context
+        # the users' own vectors and those of everyone who counts them as a friend are stale
+        stale = np.flatnonzero(np.isin(context.friends, users).any(axis=1)).tolist() + users.tolist()
+        for u in stale:
+            self._vector_cache.pop(int(u), None)
 
     # --------------------------------------------------------------- explanations
     def explain(self, users: np.ndarray, items: np.ndarray) -> dict[str, np.ndarray]:

@@ -436,6 +436,19 @@ def test_shared_content_table_gives_the_same_vectors_and_scores():
     assert tower._content_cache is None  # the table lives only inside the block
 
 
+def test_subset_table_refuses_items_it_does_not_hold():
+    tower = make_tower()
+    init_module(tower, torch.Generator().manual_seed(0))
+    tower.set_item_data(*item_data())
+    with tower.shared_content(items=torch.tensor([1, 2])):
+        assert tower(torch.tensor([2, 1, NI])).shape == (3, D)  # padding is always there
+        with pytest.raises(RuntimeError, match="whole catalogue"):
+            tower(None)
+        with pytest.raises(IndexError):
+            tower(torch.tensor([3]))
+    assert tower._local_map is None and tower._shared is None
+
+
 def _tower_reference(tower: ItemTower, items: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """``id * keep + content`` gathered the plain way (zero for padding)."""
     content = tower._encode_rows(None)[items]
@@ -443,7 +456,7 @@ def _tower_reference(tower: ItemTower, items: torch.Tensor, keep: torch.Tensor) 
 
 
 @pytest.mark.parametrize("shape", [(2, 6), (6, 6)])  # per-row encoding / one table of all items
-@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("shared", [False, True, "subset"])  # subset: a table of the looked-up items only
 def test_tower_lookups_match_the_plain_gather_in_values_and_gradients(shape, shared):
     from contextlib import nullcontext
 
@@ -461,7 +474,9 @@ def test_tower_lookups_match_the_plain_gather_in_values_and_gradients(shape, sha
 
     def grads(fn):
         tower.zero_grad(set_to_none=True)
-        with tower.shared_content() if shared else nullcontext():
+        block = tower.shared_content(items=items) if shared == "subset" else (
+            tower.shared_content() if shared else nullcontext())
+        with block:
             out = fn()
         (out * (probe if out.dim() == 3 else probe[:, 0])).sum().backward()
         return out.detach(), {n: p.grad.clone() for n, p in tower.named_parameters() if p.grad is not None}

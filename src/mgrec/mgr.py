@@ -346,19 +346,26 @@ class MGR(ServingMixin, Recommender):
         drop: frozenset[str] = frozenset()
         if cfg.cold_dropout > 0 and float(torch.rand(1, generator=gen)) < cfg.cold_dropout:
             drop = frozenset({"behavior", "item"})  # train this batch as new users
-        p = net.user_vectors(batch, drop=drop, given=given)[0]
         if cfg.loss == "softmax":
+            p = net.user_vectors(batch, drop=drop, given=given)[0]
             return softmax_loss(p @ net.item_vectors(generator=gen).T, target)
         n_items = log_q.shape[0]
         if cfg.loss == "sampled_softmax":
             neg = torch.multinomial(log_q.exp(), cfg.n_negatives, replacement=True, generator=gen)
-            q = net.item_tower(torch.cat([target, neg]), generator=gen)
+            wanted = torch.cat([target, neg])
+        else:
+            neg = torch.randint(n_items, (len(target), cfg.n_negatives), generator=gen)
+            wanted = torch.cat([target.unsqueeze(1), neg], dim=1)
+        # only the items this step touches are encoded, not the whole catalogue
+        touched = torch.cat([wanted.reshape(-1), batch.hist_items.reshape(-1), batch.friend_items.reshape(-1)])
+        with net.item_tower.shared_content(items=touched):
+            p = net.user_vectors(batch, drop=drop, given=given)[0]
+            q = net.item_tower(wanted, generator=gen)
+        if cfg.loss == "sampled_softmax":
             pos_s = (p * q[: len(target)]).sum(-1)
             neg_s = p @ q[len(target):].T
             return sampled_softmax_loss(pos_s, neg_s, pos_log_q=log_q[target], neg_log_q=log_q[neg],
                                         accidental=neg.unsqueeze(0) == target.unsqueeze(1))
-        neg = torch.randint(n_items, (len(target), cfg.n_negatives), generator=gen)
-        q = net.item_tower(torch.cat([target.unsqueeze(1), neg], dim=1), generator=gen)
         scores = (p.unsqueeze(1) * q).sum(-1)
         return bpr_loss(scores[:, 0], scores[:, 1:], mask=neg != target.unsqueeze(1))
 

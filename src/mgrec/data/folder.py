@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from mgrec.data.dataset import FEATURE_KINDS, Dataset, FeatureTable, SocialGraph
+from mgrec.data.parquet_stream import StreamedTable, stream_parquet
 from mgrec.data.readers import parse_floats, read_table
 from mgrec.data.vocab import Vocabulary
 from mgrec.errors import ConfigError, DataError, MgrecError
@@ -95,13 +96,24 @@ def load_folder(path: Path, *, overrides: dict[str, dict[str, str]] | None = Non
     schema = _load_schema(schema_path)
     given = _check_schema(overrides or {}, _config_error)
 
-    inter = _open(path, "interactions", ("user_id", "item_id"), ("timestamp", "weight"))
-    if inter is None:
+    inter_path = _find(path, "interactions")
+    if inter_path is None:
         names = ", ".join(f"interactions{s}" for s in SUFFIXES)
         raise DataError(f"no interactions file; expected one of {names}", file=path)
-    if len(inter.frame) == 0:
-        raise inter.error("no interactions: the file has a header but no rows")
-    inter_users, inter_items = _ids(inter, "user_id"), _ids(inter, "item_id")
+    # Parquet is streamed batch by batch (ids as codes, numbers typed); text is read whole
+    inter: _Table | StreamedTable
+    if _is_parquet(inter_path):
+        inter = stream_parquet(inter_path, ids=("user_id", "item_id"), numbers=("timestamp", "weight"),
+                               required=("user_id", "item_id"))
+        if inter.n_rows == 0:
+            raise DataError("no interactions: the file has a header but no rows", file=inter_path)
+        inter_users, inter_items = inter.uniques["user_id"], inter.uniques["item_id"]
+    else:
+        inter = _open(path, "interactions", ("user_id", "item_id"), ("timestamp", "weight"))
+        assert inter is not None
+        if len(inter.frame) == 0:
+            raise inter.error("no interactions: the file has a header but no rows")
+        inter_users, inter_items = _ids(inter, "user_id"), _ids(inter, "item_id")
     user_tab = _open(path, "users", ("user_id",), None)
     item_tab = _open(path, "items", ("item_id",), None)
     kinds: dict[str, dict[str, str]] = {}
@@ -113,17 +125,35 @@ def load_folder(path: Path, *, overrides: dict[str, dict[str, str]] | None = Non
 
     users = _vocab(inter_users, user_tab, "user_id")
     items = _vocab(inter_items, item_tab, "item_id")
-    frame = pd.DataFrame({"user": users.index(inter_users), "item": items.index(inter_items)})
-    has_weight = "weight" in inter.columns
-    weight = _floats(inter, "weight") if has_weight else np.ones(len(frame))
-    frame["weight"] = weight.astype(np.float32)
-    if "timestamp" in inter.columns:
-        frame["timestamp"] = _timestamps(inter)
+    if isinstance(inter, StreamedTable):
+        frame = pd.DataFrame({"user": users.index(inter_users)[inter.codes["user_id"]],
+                              "item": items.index(inter_items)[inter.codes["item_id"]]})
+        has_weight = "weight" in inter.numbers
+        weight = inter.numbers["weight"] if has_weight else np.ones(len(frame))
+        frame["weight"] = weight.astype(np.float32)
+        if "timestamp" in inter.numbers:
+            frame["timestamp"] = inter.numbers["timestamp"]
+            _warn_ms(inter.path, frame["timestamp"].to_numpy())
+    else:
+        frame = pd.DataFrame({"user": users.index(inter_users), "item": items.index(inter_items)})
+        has_weight = "weight" in inter.columns
+        weight = _floats(inter, "weight") if has_weight else np.ones(len(frame))
+        frame["weight"] = weight.astype(np.float32)
+        if "timestamp" in inter.columns:
+            frame["timestamp"] = _timestamps(inter)
 
     user_features = _features(user_tab, "user_id", users, kinds["users"])
     item_features = _features(item_tab, "item_id", items, kinds["items"])
-    social_tab = _open(path, "social", ("user_id", "friend_id"), ("weight",))
-    social = _social(social_tab, users) if social_tab is not None else None
+    social_path = _find(path, "social")
+    social_tab: _Table | StreamedTable | None
+    if _is_parquet(social_path):
+        assert social_path is not None
+        social_tab = stream_parquet(social_path, ids=("user_id", "friend_id"), numbers=("weight",),
+                                    required=("user_id", "friend_id"))
+        social = _social_streamed(social_tab, users)
+    else:
+        social_tab = _open(path, "social", ("user_id", "friend_id"), ("weight",))
+        social = _social(social_tab, users) if social_tab is not None else None
     files = [tab.path.name for tab in (inter, user_tab, item_tab, social_tab) if tab is not None]
     feature_kinds = {part: dict(ft.kinds) if ft is not None else {}
                      for part, ft in (("users", user_features), ("items", item_features))}
@@ -164,17 +194,27 @@ def infer_kind(cells: pd.Series) -> str:
 
 
 # ------------------------------------------------------------------ files
-def _open(
-    folder: Path, stem: str, required: tuple[str, ...], optional: tuple[str, ...] | None
-) -> _Table | None:
-    """Read ``<stem>.csv|.tsv|.parquet`` if present; ``optional=None`` allows any column."""
+def _find(folder: Path, stem: str) -> Path | None:
+    """The one ``<stem>.csv|.tsv|.parquet`` file, or ``None``."""
     found = [folder / f"{stem}{s}" for s in SUFFIXES if (folder / f"{stem}{s}").is_file()]
     if len(found) > 1:
         names = ", ".join(f.name for f in found)
         raise DataError(f"more than one {stem} file ({names}); keep one", file=folder)
-    if not found:
+    return found[0] if found else None
+
+
+def _is_parquet(path: Path | None) -> bool:
+    return path is not None and path.suffix.lower() == ".parquet"
+
+
+def _open(
+    folder: Path, stem: str, required: tuple[str, ...], optional: tuple[str, ...] | None
+) -> _Table | None:
+    """Read ``<stem>.csv|.tsv|.parquet`` if present; ``optional=None`` allows any column."""
+    found = _find(folder, stem)
+    if found is None:
         return None
-    tab = _read(found[0])
+    tab = _read(found)
     _check_columns(tab, required, tuple(tab.columns) if optional is None else optional)
     return tab
 
@@ -279,10 +319,14 @@ def _timestamps(tab: _Table) -> np.ndarray:
             raise tab.error(f"not unix seconds or an ISO-8601 date/time: {cells.iloc[row]!r}",
                             row, "timestamp")
         out[~is_num] = ((dt - _EPOCH) // _SECOND).to_numpy(dtype=np.int64)
-    if len(out) and np.abs(out).max() > _MS_HINT:
-        log.warning("%s: timestamps reach %d; they look like milliseconds, not seconds",
-                    tab.path, int(np.abs(out).max()))
+    _warn_ms(tab.path, out)
     return out
+
+
+def _warn_ms(path: Path, seconds: np.ndarray) -> None:
+    if len(seconds) and np.abs(seconds).max() > _MS_HINT:
+        log.warning("%s: timestamps reach %d; they look like milliseconds, not seconds",
+                    path, int(np.abs(seconds).max()))
 
 
 # --------------------------------------------------------------- features
@@ -338,6 +382,22 @@ def _social(tab: _Table, users: Vocabulary) -> SocialGraph:
         raise tab.error(f"unknown user {ids[col][row]!r} "
                         "(in neither the interactions nor the users file)", row, col)
     weight = _floats(tab, "weight") if "weight" in tab.columns else np.ones(len(tab.frame))
+    return SocialGraph(codes["user_id"], codes["friend_id"], weight.astype(np.float32))
+
+
+def _social_streamed(tab: StreamedTable, users: Vocabulary) -> SocialGraph:
+    codes: dict[str, np.ndarray] = {}
+    bad = []
+    for col in ("user_id", "friend_id"):
+        mapped = users.index(tab.uniques[col], missing="negative")
+        codes[col] = mapped[tab.codes[col]]
+        if (codes[col] < 0).any():
+            bad.append((int(np.flatnonzero(codes[col] < 0)[0]), col))
+    if bad:
+        row, col = min(bad)
+        name = tab.uniques[col][tab.codes[col][row]]
+        raise tab.error(f"unknown user {name!r} (in neither the interactions nor the users file)", row, col)
+    weight = tab.numbers.get("weight", np.ones(tab.n_rows))
     return SocialGraph(codes["user_id"], codes["friend_id"], weight.astype(np.float32))
 
 

@@ -1,7 +1,8 @@
 """Dataset names to loaders: an explicit table, no string magic.
 
 ``load_dataset("ml-100k")`` reads ``<data root>/ml-100k``; ``load_dataset("folder:/my/data")``
-reads a user's own folder; ``load_dataset("synthetic")`` generates the built-in dataset.
+reads a user's own folder; ``load_dataset("synthetic")`` generates the built-in dataset,
+``load_dataset("synthetic-10m")`` a scale world of 10M events.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ DATASETS: dict[str, tuple[str, str]] = {
 
 def dataset_names() -> list[str]:
     """Every name ``load_dataset`` accepts, plus the ``folder:PATH`` form."""
-    return [*DATASETS, "synthetic", "folder:PATH"]
+    return [*DATASETS, "synthetic", "synthetic-<N>k|m", "folder:PATH"]
 
 
 def _resolve(target: str) -> Callable[..., Dataset]:
@@ -42,7 +43,9 @@ def load_dataset(name: str, *, root: str | Path | None = None, seed: int = 0) ->
     """Load a dataset by name.
 
     Args:
-        name: a key of :data:`DATASETS`, ``synthetic``, or ``folder:PATH``.
+        name: a key of :data:`DATASETS`, ``synthetic``, a scale world ``synthetic-<N>k`` or
+            ``synthetic-<N>m`` (:mod:`mgrec.data.scale`, ``N`` thousand or million events), or
+            ``folder:PATH``.
         root: the data root (default: ``$MGREC_DATA``, then the user cache).
         seed: seed of the ``synthetic`` generator (ignored by the others).
 
@@ -58,6 +61,13 @@ def load_dataset(name: str, *, root: str | Path | None = None, seed: int = 0) ->
         from mgrec.data.synthetic import SyntheticConfig, make_synthetic
 
         return make_synthetic(SyntheticConfig(), seed=seed)
+    if name.startswith("synthetic-"):
+        from mgrec.data.scale import make_scale, scale_config_for
+
+        cfg = scale_config_for(name)
+        if cfg is None:
+            raise ConfigError(f"unknown dataset {name!r}; a scale world is named like synthetic-1m or synthetic-500k")
+        return make_scale(cfg, seed=seed, name=name)
     if name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; choose one of {', '.join(dataset_names())}")
     target, folder = DATASETS[name]

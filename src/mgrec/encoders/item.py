@@ -73,8 +73,13 @@ class ItemTower(nn.Module):
         self.n_numeric, self.n_bag_tokens = int(n_numeric), int(n_bag_tokens)
         self.n_time_features = int(n_time_features)
         self.generator: torch.Generator | None = None
+        # shared_content() state: "full" (the catalogue, encoded on first use) or "subset"
+        # (the rows of a few items, looked up through _local_map), and the cached tables
+        self._shared: str | None = None
         self._content_cache: torch.Tensor | None = None
         self._row_cache: torch.Tensor | None = None
+        self._local_map: torch.Tensor | None = None
+        self._n_local = 0
         self.id_embedding = nn.Embedding(n_items + 1, dim, padding_idx=n_items)
         self.cat_embeddings = nn.ModuleList(
             nn.Embedding(int(c) + 1, dim, padding_idx=0) for c in cat_cardinalities
@@ -186,6 +191,8 @@ class ItemTower(nn.Module):
         Returns:
             ``items.shape + (D,)`` float vectors (``(n_items, D)`` for ``None``).
         """
+        if items is None and self._shared == "subset":
+            raise RuntimeError("the whole catalogue was asked for inside shared_content(items)")
         idx = self._index(items)
         vec = self._rows(idx, self._id_keep(idx, generator), self._row_table(idx.numel()))
         return vec if scale is None else vec * scale.unsqueeze(-1).to(vec.dtype)
@@ -227,7 +234,8 @@ class ItemTower(nn.Module):
         table = self._content_table(items.numel()) if self.use_content else None
         if table is None or items.dim() == 0 or items.shape[-1] == 0:
             return weighted_sum(self.content(items), weights)
-        return bag_sum(table, items, weights, padding_idx=self.n_items)
+        pad = self._n_local if self._local_map is not None else self.n_items
+        return bag_sum(table, self._local(items), weights, padding_idx=pad)
 
     def _id_keep(self, idx: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor | None:
         """Per-occurrence bool "keep the id part" mask while training with id dropout, else None."""
@@ -259,13 +267,25 @@ class ItemTower(nn.Module):
         """Rows of :meth:`_row_table` to read: ``idx`` if kept, ``n_items + idx`` if the id is
         dropped (the zero row without content), the last (zero) row for padding."""
         n, zero_row = self.n_items, table.shape[0] - 1
+        local = self._local(idx)
+        k = self._n_local if self._local_map is not None else n
         if keep is None:
-            eff = idx
+            eff = local
         elif self.use_content:
-            eff = torch.where(keep, idx, idx + n)
+            eff = torch.where(keep, local, local + k)
         else:
-            eff = torch.where(keep, idx, zero_row)
+            eff = torch.where(keep, local, zero_row)
         return torch.where(idx != n, eff, zero_row)
+
+    def _local(self, idx: torch.Tensor) -> torch.Tensor:
+        """Rows of the cached tables for item codes ``idx`` (the codes themselves, except
+        inside ``shared_content(items)``)."""
+        if self._local_map is None:
+            return idx
+        local = self._local_map[idx]
+        if bool((local < 0).any()):
+            raise IndexError("an item outside the shared_content(items) block was looked up")
+        return local
 
     def _row_table(self, n_lookups: int) -> torch.Tensor | None:
         """``[id + content; content; 0]`` (``2 n_items + 1`` rows), or ``[id; 0]`` without
@@ -273,9 +293,15 @@ class ItemTower(nn.Module):
         :meth:`_content_table`). Inside :meth:`shared_content` it is built once."""
         if self._row_cache is not None:
             return self._row_cache
+        if self._shared == "full":  # the first lookup inside shared_content(): encode once
+            self._row_cache = self._full_row_table(self._content_table(n_lookups) if self.use_content else None)
+            return self._row_cache
         content = self._content_table(n_lookups) if self.use_content else None
         if self.use_content and content is None:
             return None
+        return self._full_row_table(content)
+
+    def _full_row_table(self, content: torch.Tensor | None) -> torch.Tensor:
         n, ids = self.n_items, self.id_embedding.weight
         zero = ids.new_zeros(1, self.dim)
         return torch.cat([ids[:n], zero] if content is None else [ids[:n] + content[:n], content[:n], zero])
@@ -285,6 +311,9 @@ class ItemTower(nn.Module):
         :meth:`shared_content`, a fresh one when ``n_lookups`` exceeds the catalogue (cheaper
         to encode every item once and gather), else ``None``."""
         if self._content_cache is not None:
+            return self._content_cache
+        if self._shared == "full":
+            self._content_cache = self._encode_rows(None)
             return self._content_cache
         return self._encode_rows(None) if n_lookups > self.n_items else None
 
@@ -306,24 +335,49 @@ class ItemTower(nn.Module):
             return self.id_embedding.weight.new_zeros(*idx.shape, self.dim)
         table = self._content_table(idx.numel())
         if table is not None:
-            return table.index_select(0, idx.reshape(-1)).reshape(*idx.shape, self.dim)
+            return table.index_select(0, self._local(idx).reshape(-1)).reshape(*idx.shape, self.dim)
         return self._encode_rows(idx.reshape(-1)).reshape(*idx.shape, self.dim)
 
     @contextmanager
-    def shared_content(self) -> Iterator[None]:
-        """Within the block, every content lookup gathers from one table of all items' content
-        vectors, computed once (the same values and gradients, less work when the item tower is
-        used several times in one step: history, friends' items, the catalogue)."""
-        outer = self._content_cache is not None or self._row_cache is not None
-        if not outer:
-            if self.use_content:
-                self._content_cache = self._encode_rows(None)
-            self._row_cache = self._row_table(self.n_items + 1)
+    def shared_content(self, items: torch.Tensor | None = None) -> Iterator[None]:
+        """Within the block, every lookup gathers from one table of item vectors computed once
+        (the same values and gradients, less work when the item tower is used several times in
+        one step: history, friends' items, the catalogue).
+
+        Args:
+            items: ``None``: the table covers the whole catalogue and is encoded at the first
+                lookup (none: no work). Item codes of any shape: the table covers only these
+                items (and padding), so a sampled-softmax step over a large catalogue encodes
+                the items it touches, not all of them; looking up any other item, or the
+                whole catalogue, inside the block is an error. A nested ``items`` block wins
+                over an outer one; the outer state is restored on exit.
+        """
+        saved = (self._shared, self._content_cache, self._row_cache, self._local_map, self._n_local)
+        if items is not None:
+            self._enter_subset(items)
+        elif self._shared is None:
+            self._shared = "full"
         try:
             yield
         finally:
-            if not outer:
-                self._content_cache = self._row_cache = None
+            self._shared, self._content_cache, self._row_cache, self._local_map, self._n_local = saved
+
+    def _enter_subset(self, items: torch.Tensor) -> None:
+        n = self.n_items
+        flat = items.reshape(-1).to(self.item_cat.device)
+        used = torch.zeros(n + 1, dtype=torch.bool, device=flat.device)  # O(n_items), no sort
+        used[flat] = True
+        used[n] = True
+        uniq = used.nonzero().squeeze(1)  # ascending: padding last
+        m = int(uniq.numel()) - 1
+        local = torch.full((n + 1,), -1, dtype=torch.int64, device=uniq.device)
+        local[uniq] = torch.arange(m + 1, device=uniq.device)
+        content = self._encode_rows(uniq) if self.use_content else None  # padding row: zeros
+        ids = self.id_embedding.weight[uniq[:m]]
+        zero = ids.new_zeros(1, self.dim)
+        rows = torch.cat([ids, zero] if content is None else [ids + content[:m], content[:m], zero])
+        self._shared, self._content_cache, self._row_cache = "subset", content, rows
+        self._local_map, self._n_local = local, m
 
     def _encode_rows(self, rows: torch.Tensor | None) -> torch.Tensor:
         """Content vectors of the buffer rows ``rows`` (``None``: all rows, padding included)."""

@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--tune-budget", type=int)
     train.add_argument("--from-store", metavar="URL",
                        help="add every event of this store (sqlite:///PATH, postgresql://...) to the data")
+    train.add_argument("--checkpoint-dir", metavar="DIR",
+                       help="mgr: write a checkpoint (weights, optimizer, generators, early stopping) here "
+                            "every --checkpoint-every epochs; under torchrun rank 0 writes it")
+    train.add_argument("--checkpoint-every", type=int, default=1, metavar="N",
+                       help="epochs between checkpoints (default 1; the last epoch always gets one)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue from the latest checkpoint in --checkpoint-dir (none yet: start at epoch 1)")
 
     srv = sub.add_parser("serve", help="serve a model folder over HTTP (FastAPI)")
     srv.add_argument("--model-dir", required=True)
@@ -201,18 +208,40 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Train and save; under torchrun (``RANK``/``WORLD_SIZE`` set) every rank trains its shard
+    and rank 0 alone writes checkpoints, the model folder and the summary line."""
+    from mgrec import distributed
+    from mgrec.checkpoint import CheckpointPlan, checkpointing
     from mgrec.experiment import ExperimentConfig, run_experiment, save_run
 
     if args.dataset is None and args.from_store is None:
         raise ConfigError("--dataset is required (or --from-store URL to train on the stored events)")
+    if args.resume and not args.checkpoint_dir:
+        raise ConfigError("--resume needs --checkpoint-dir DIR (the folder the interrupted run wrote)")
+    plan = None
+    if args.checkpoint_dir:
+        if args.model != "mgr" or args.tune:
+            raise ConfigError("--checkpoint-dir works with --model mgr without --tune")
+        plan = CheckpointPlan(Path(args.checkpoint_dir), every=args.checkpoint_every, resume=args.resume)
+        plan.check_fresh()
     dataset = args.dataset = args.dataset or "store"
-    cfg = ExperimentConfig(
-        dataset=dataset, model=args.model, store=args.from_store, split=args.split, seed=args.seed,
-        model_config=args.config, preprocess=_preprocess_from_args(args), tune=args.tune,
-        tune_budget=args.tune_budget, data_root=args.data_root, progress=sys.stderr.isatty(),
-    )
-    run = run_experiment(cfg, evaluate_test=False)
-    out = save_run(run, cfg, args.out)
+    with distributed.session() as dctx:
+        if dctx.enabled and (args.model != "mgr" or args.tune):
+            raise ConfigError(f"distributed training (WORLD_SIZE={dctx.world_size}) works with --model mgr "
+                              "without --tune")
+        cfg = ExperimentConfig(
+            dataset=dataset, model=args.model, store=args.from_store, split=args.split, seed=args.seed,
+            model_config=args.config, preprocess=_preprocess_from_args(args), tune=args.tune,
+            tune_budget=args.tune_budget, data_root=args.data_root,
+            progress=sys.stderr.isatty() and dctx.is_main,
+        )
+        with checkpointing(plan):
+            run = run_experiment(cfg, evaluate_test=False)
+        if not dctx.is_main:
+            return 0
+        if dctx.enabled:
+            run.record["distributed"] = {"world_size": dctx.world_size, "backend": distributed.backend_for(dctx.device)}
+        out = save_run(run, cfg, args.out)
     valid = run.record["valid"]
     print(f"saved {out}  (valid ndcg@10 {valid.get('ndcg@10', float('nan')):.4f}, "
           f"train {run.record['train_seconds']:.1f}s)")

@@ -246,10 +246,35 @@ class MGR(ServingMixin, Recommender):
                     self.granularities_, self.behavior_mode_, self.best_epoch_, self.best_valid_)
 
     def _train(self, train: pd.DataFrame, valid: pd.DataFrame | None) -> None:
+        """Train ``net_`` with early stopping, on :func:`mgrec.distributed.current`'s device.
+
+        Under torchrun each rank trains on its shard of every epoch and gradients are averaged
+        across ranks (:mod:`mgrec.distributed`); ``batch_size`` stays the global batch. With a
+        :func:`mgrec.checkpoint.active_plan`, rank 0 writes checkpoints and ``resume`` continues
+        from the latest one (weights, optimizer, generators, early-stopping state). The network
+        ends on the CPU, where scoring runs.
+        """
+        from mgrec.checkpoint import active_plan, checkpoint_hook, data_checksum, fingerprint, resume_training
+        from mgrec.distributed import current
+
         cfg, net, ctx = self.config, self.net_, self.context_
         assert net is not None and ctx is not None
-        gen = torch.Generator().manual_seed(self.seed + 1)
+        dctx = current()
+        device = dctx.device
+        # training noise: one stream per rank (a single process keeps its seed + 1 stream)
+        gen = torch.Generator(device=device).manual_seed(self.seed + 1 + 1_000_003 * dctx.rank)
+        # the epoch order: the same stream on every rank, each takes its shard
+        order = torch.Generator().manual_seed(self.seed + 1 + 0x5EED) if dctx.enabled else gen
         set_generator(net, gen)
+        examples = ctx.examples()
+        counts = np.bincount(train["item"].to_numpy(np.int64), minlength=ctx.n_items) + 1.0
+        log_q = torch.from_numpy(np.log(counts / counts.sum()).astype(np.float32))
+        if len(examples[0]) == 0:
+            logger.warning("mgr: no training interactions; the model keeps its initial weights")
+            return
+        net.to(device)
+        log_q = dctx.place(log_q)
+        dctx.broadcast_module(net)  # identical replicas to start with (as DDP does)
         params = [p for p in net.parameters() if p.requires_grad]
         if cfg.optimizer == "adamw":
             # fused: one kernel over all parameters (the same update up to float rounding)
@@ -257,62 +282,84 @@ class MGR(ServingMixin, Recommender):
                                                            fused=True)
         else:
             opt = torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        examples = ctx.examples()
-        counts = np.bincount(train["item"].to_numpy(np.int64), minlength=ctx.n_items) + 1.0
-        log_q = torch.from_numpy(np.log(counts / counts.sum()).astype(np.float32))
-        if len(examples[0]) == 0:
-            logger.warning("mgr: no training interactions; the model keeps its initial weights")
-            return
         stopping = EarlyStopping(cfg.epochs, cfg.eval_every, cfg.patience, cfg.progress)
+        plan = active_plan()
+        run: dict[str, Any] = {}
+        if plan is not None:  # what a checkpoint must match to be resumed
+            run = fingerprint(model=self.name, seed=self.seed, world_size=dctx.world_size, device=device.type,
+                              config={k: v for k, v in to_dict(cfg).items() if k not in ("progress", "threads")},
+                              spec=self.spec_, data=data_checksum(*examples, counts))
+        shared = None if order is gen else order  # a separate epoch-order stream (several ranks)
+        state = None if plan is None else resume_training(plan, dctx, net=net, optimizer=opt, noise=gen,
+                                                          order=shared, run=run)
         hist = fit_epochs(
-            lambda epoch: self._epoch(examples, opt, gen, log_q),
+            dctx.in_device_scope(lambda epoch: self._epoch(examples, opt, gen, log_q, order)),
             stopping=stopping,
-            validate=validation_scorer(self, valid, metric="ndcg@10"),
+            validate=dctx.scored_on_main(validation_scorer(self, valid, metric="ndcg@10"), net),
             snapshot=lambda: {k: v.detach().clone() for k, v in net.state_dict().items()},
             restore=net.load_state_dict,
             name="mgr",
+            state=state,
+            on_epoch_end=None if plan is None else checkpoint_hook(plan, dctx, net=net, optimizer=opt, noise=gen,
+                                                                   order=shared, run=run),
         )
+        dctx.check_replicas(net)
         set_generator(net, None)
+        net.to("cpu")
         net.eval()
         self.history_, self.best_epoch_, self.best_valid_ = hist.epochs, hist.best_epoch, hist.best_valid
 
     def _epoch(self, examples: tuple[np.ndarray, ...], opt: torch.optim.Optimizer,
-               gen: torch.Generator, log_q: torch.Tensor) -> float:
+               gen: torch.Generator, log_q: torch.Tensor, order: torch.Generator | None = None) -> float:
+        """One epoch over this rank's shard of the examples (``order`` draws the epoch order;
+        default ``gen``); returns the mean loss over every rank's examples."""
         if self.behavior_mode_ == "sequence" and "behavior" in self.granularities_:
-            return self._epoch_windows(opt, gen, log_q)
-        cfg, net, ctx = self.config, self.net_, self.context_
+            return self._epoch_windows(opt, gen, log_q, order)
+        from mgrec.distributed import current
+
+        cfg, net, ctx, dctx = self.config, self.net_, self.context_, current()
         assert net is not None and ctx is not None
         users, pos, items, times = examples
         net.train()
-        perm = torch.randperm(len(users), generator=gen).numpy()
+        order = gen if order is None else order
+        perm = dctx.shard(torch.randperm(len(users), generator=order, device=order.device).cpu().numpy())
+        params = [p for group in opt.param_groups for p in group["params"]]
+        size = dctx.local_batch(cfg.batch_size)  # batch_size is the global batch
         sequence = self.behavior_mode_ == "sequence"
         total = 0.0
-        for start in range(0, len(perm), cfg.batch_size):
-            idx = perm[start:start + cfg.batch_size]
+        for start in range(0, len(perm), size):
+            idx = perm[start:start + size]
             # set mode: the request time is the serving one (the user's last training event
             # + 1 s), not the target's own time, which would leak the target into the time
             # granularity (and friends' windows) and never be available when scoring
             batch = ctx.batch(users[idx], times=times[idx] if sequence else None,
                               cutoff=pos[idx] if sequence else None, exclude=None if sequence else pos[idx])
             with net.item_tower.shared_content():  # encode the catalogue's content once per step
-                loss = self._loss(batch, torch.from_numpy(items[idx]), gen, log_q)
+                loss = self._loss(dctx.place(batch), dctx.place(torch.from_numpy(items[idx])), gen, log_q)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            dctx.average_gradients(params)
             opt.step()
             total += float(loss.detach()) * len(idx)
-        return total / len(perm)
+        return dctx.mean(total, len(perm))
 
-    def _epoch_windows(self, opt: torch.optim.Optimizer, gen: torch.Generator, log_q: torch.Tensor) -> float:
+    def _epoch_windows(self, opt: torch.optim.Optimizer, gen: torch.Generator, log_q: torch.Tensor,
+                       order: torch.Generator | None = None) -> float:
         """Sequence mode: one transformer pass per window of events serves every target in
         its block (:meth:`ContextBuilder.windows`); the other granularities are encoded per
-        target from the events before it, at the request time scoring uses."""
-        cfg, net, ctx = self.config, self.net_, self.context_
+        target from the events before it, at the request time scoring uses. Windows are
+        sharded across ranks like examples (:meth:`_epoch`)."""
+        from mgrec.distributed import current
+
+        cfg, net, ctx, dctx = self.config, self.net_, self.context_, current()
         assert net is not None and ctx is not None
         stride = max(1, ctx.max_len // 2)
         users, first, end = ctx.windows(stride)
         net.train()
-        perm = torch.randperm(len(users), generator=gen).numpy()
-        per = max(1, cfg.batch_size // stride)
+        order = gen if order is None else order
+        perm = dctx.shard(torch.randperm(len(users), generator=order, device=order.device).cpu().numpy())
+        params = [p for group in opt.param_groups for p in group["params"]]
+        per = dctx.local_batch(max(1, cfg.batch_size // stride))
         behavior = net.encoders["behavior"]
         total, seen = 0.0, 0
         for start in range(0, len(perm), per):
@@ -322,22 +369,23 @@ class MGR(ServingMixin, Recommender):
             row = np.repeat(np.arange(len(w)), n_t)
             t = a[row] + np.arange(len(row)) - np.repeat(np.cumsum(n_t) - n_t, n_t)
             col = ctx.max_len - c[row] + t  # the window column of event t - 1
-            target = torch.from_numpy(ctx.items[ctx.indptr[u[row]] + t])
+            target = dctx.place(torch.from_numpy(ctx.items[ctx.indptr[u[row]] + t]))
             with net.item_tower.shared_content():
-                states = behavior.states(ctx.batch(u, cutoff=c - 1))
-                vec = states[torch.from_numpy(row), torch.from_numpy(col)]
-                present = torch.ones(len(row), dtype=torch.bool)
+                states = behavior.states(dctx.place(ctx.batch(u, cutoff=c - 1)))
+                vec = states[dctx.place(torch.from_numpy(row)), dctx.place(torch.from_numpy(col))]
+                present = torch.ones(len(row), dtype=torch.bool, device=vec.device)
                 # the request time of scoring (the previous event + 1 s), not the target's own
                 # time: scoring never knows when the next event will happen
                 prev = ctx.times[ctx.indptr[u[row]] + t - 1].astype(np.float64) + 1.0
                 batch = ctx.batch(u[row], cutoff=t, times=prev if ctx.has_time else None)
-                loss = self._loss(batch, target, gen, log_q, given={"behavior": (vec, present)})
+                loss = self._loss(dctx.place(batch), target, gen, log_q, given={"behavior": (vec, present)})
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            dctx.average_gradients(params)
             opt.step()
             total += float(loss.detach()) * len(row)
             seen += len(row)
-        return total / max(seen, 1)
+        return dctx.mean(total, seen)
 
     def _loss(self, batch: Any, target: torch.Tensor, gen: torch.Generator, log_q: torch.Tensor,
               given: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:

@@ -5,6 +5,10 @@ with the same full-ranking evaluation as the test, stops after ``patience`` eval
 without improvement, and restores the best epoch's weights. Models supply three callables
 (one epoch, take a snapshot, restore a snapshot); the loop owns the rest, so early stopping
 means the same thing for BPR-MF, LightGCN, SASRec, MultiVAE and the fused model.
+
+The loop's own state (:class:`FitState`: epoch, history, best snapshot, patience counter) can
+be handed in to continue a run and is handed out after every epoch, which is what
+checkpoints (:mod:`mgrec.checkpoint`) save and resume.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from tqdm.auto import tqdm
 from mgrec.data.dataset import to_csr
 from mgrec.errors import ConfigError
 
-__all__ = ["EarlyStopping", "FitHistory", "fit_epochs", "validation_scorer", "torch_threads"]
+__all__ = ["EarlyStopping", "FitHistory", "FitState", "fit_epochs", "validation_scorer", "torch_threads"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +76,27 @@ class FitHistory:
         return sum(e["seconds"] for e in self.epochs) / max(len(self.epochs), 1)
 
 
+@dataclass
+class FitState:
+    """Where :func:`fit_epochs` stands after an epoch: enough to continue it later.
+
+    Attributes:
+        epoch: the last completed epoch (0: none yet).
+        history: the rows so far and the best epoch.
+        best: the best snapshot (``None`` before the first evaluation or without validation).
+        best_score: its validation score (``-inf`` before any).
+        bad: evaluations since the last new best.
+        finished: the loop has ended (early stop, non-finite loss or the last epoch).
+    """
+
+    epoch: int = 0
+    history: FitHistory = field(default_factory=FitHistory)
+    best: Any = None
+    best_score: float = -math.inf
+    bad: int = 0
+    finished: bool = False
+
+
 def fit_epochs(
     run_epoch: Callable[[int], float],
     *,
@@ -80,6 +105,8 @@ def fit_epochs(
     snapshot: Callable[[], Any],
     restore: Callable[[Any], None],
     name: str = "model",
+    state: FitState | None = None,
+    on_epoch_end: Callable[[FitState], None] | None = None,
 ) -> FitHistory:
     """Train with early stopping on a validation score (higher is better).
 
@@ -90,13 +117,19 @@ def fit_epochs(
         snapshot: returns a copy of the weights.
         restore: puts a snapshot back.
         name: for log lines and the progress bar.
+        state: continue from this state (a resumed checkpoint) instead of epoch 1; the model,
+            its optimizer and generators must already hold that epoch's state. A finished
+            state runs no epoch.
+        on_epoch_end: called with the (live) state after every epoch, once its row is recorded
+            and the stop decision taken (``state.finished``): the place to write checkpoints.
 
     Returns:
         The history; the model holds the best epoch's weights.
     """
-    history = FitHistory()
-    best, best_score, bad = None, -math.inf, 0
-    bar = tqdm(range(1, stopping.epochs + 1), desc=name, unit="epoch", disable=not stopping.progress)
+    st = state if state is not None else FitState()
+    history = st.history
+    epochs = range(st.epoch + 1, stopping.epochs + 1) if not st.finished else range(0)
+    bar = tqdm(epochs, desc=name, unit="epoch", disable=not stopping.progress)
     for epoch in bar:
         t0 = time.perf_counter()
         loss = float(run_epoch(epoch))
@@ -104,27 +137,33 @@ def fit_epochs(
         if validate is not None and (epoch % stopping.eval_every == 0 or epoch == stopping.epochs):
             score = float(validate())
             row["valid"] = score
-            if score > best_score:
-                best, best_score, bad = snapshot(), score, 0
+            if score > st.best_score:
+                st.best, st.best_score, st.bad = snapshot(), score, 0
                 history.best_epoch = epoch
             else:
-                bad += 1
+                st.bad += 1
         row["seconds"] = time.perf_counter() - t0
         history.epochs.append(row)
-        bar.set_postfix(loss=f"{loss:.4f}", best=f"{best_score:.4f}")
+        bar.set_postfix(loss=f"{loss:.4f}", best=f"{st.best_score:.4f}")
         logger.info("%s epoch %d: loss %.5f%s (%.2fs)", name, epoch, loss,
                     f", valid {row['valid']:.5f}" if "valid" in row else "", row["seconds"])
+        stop = False
         if not math.isfinite(loss):
             logger.warning("%s: loss is %s at epoch %d; stopping", name, loss, epoch)
-            break
-        if validate is not None and bad >= stopping.patience:
+            stop = True
+        elif validate is not None and st.bad >= stopping.patience:
             logger.info("%s: early stop at epoch %d, best epoch %d (%.5f)",
-                        name, epoch, history.best_epoch, best_score)
+                        name, epoch, history.best_epoch, st.best_score)
+            stop = True
+        st.epoch, st.finished = epoch, stop or epoch == stopping.epochs
+        if on_epoch_end is not None:
+            on_epoch_end(st)
+        if stop:
             break
     bar.close()
-    if best is not None:
-        restore(best)
-        history.best_valid = best_score
+    if st.best is not None:
+        restore(st.best)
+        history.best_valid = st.best_score
     else:
         history.best_epoch = len(history.epochs)
     return history

@@ -45,7 +45,7 @@ def test_training_reduces_loss_and_beats_pop(data, trained):
     assert trained.behavior_mode_ == "sequence"
     pop = Pop({}, seed=0).fit(ds, split.train, split.valid)
     pop_valid = evaluate_split(pop, split, ds, part="valid")["ndcg@10"]
-    assert trained.best_valid_ > pop_valid + 0.02
+    assert trained.best_valid_ > 1.1 * pop_valid  # 4 small epochs: at least 10% above Pop
     scores = trained.score(np.arange(5))
     assert scores.shape == (5, ds.n_items) and scores.dtype == np.float32 and np.isfinite(scores).all()
 

@@ -119,7 +119,7 @@ def friend_jaccard_ratio(ds: Dataset, seed: int = 1) -> float:
     return jaccard(pairs[:, 0], pairs[:, 1]) / jaccard(a[keep], b[keep])
 
 
-def friend_recent_rate(ds: Dataset, window_days: float = 14.0) -> float:
+def friend_recent_rate(ds: Dataset, window_days: float) -> float:
     """Share of events whose item a friend consumed in the preceding ``window_days``."""
     df = ds.interactions.reset_index(names="event")
     pairs = ds.social.undirected_pairs()
@@ -322,8 +322,9 @@ def test_social_friends_share_items(gen):
     assert friend_jaccard_ratio(ds) > 1.4
     assert 0.9 < friend_jaccard_ratio(gen(w_social=0.0, social_mix=0.0, homophily=0.0)) < 1.1
     # friends' recent items: the boost alone multiplies "a friend just had it" events
-    assert friend_recent_rate(ds) > 0.3
-    assert friend_recent_rate(gen(w_social=0.0)) < 0.15
+    window = SMALL.social_window_days
+    assert friend_recent_rate(ds, window) > 0.3
+    assert friend_recent_rate(gen(w_social=0.0), window) < 0.2
 
 
 def test_time_of_day_weekend_and_drift(gen):
@@ -348,3 +349,15 @@ def test_new_items_appear_only_after_release(gen):
     seen_late = first_seen.reindex(late).dropna()
     assert len(seen_late) > 0.8 * len(late)  # new items are consumed once released
     assert (seen_late.to_numpy() > SMALL.start + 0.1 * 365 * DAY).all()
+
+
+def test_events_come_in_sessions(gen):
+    def median_gap(ds):
+        df = ds.interactions.sort_values(["user", "timestamp"], kind="stable")
+        same = df["user"].to_numpy()[1:] == df["user"].to_numpy()[:-1]
+        return float(np.median(np.diff(df["timestamp"].to_numpy())[same]))
+
+    assert median_gap(gen()) < 3600  # the next event is usually in the same session
+    assert median_gap(gen(session_events=1.0)) > DAY
+    with pytest.raises(ConfigError, match="session_events"):
+        SyntheticConfig(session_events=0.5)

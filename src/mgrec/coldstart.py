@@ -10,6 +10,8 @@ makes with the dataset's default preprocessing:
   user's interactions (``cold_users``). The ``cold_users_3_items`` variant also reveals the
   user's first :data:`N_REVEALED` interactions (time order, else source order) and scores the
   rest; the revealed items are filtered from both models' lists and left out of the truth.
+  The request time (the time granularity's context) is the user's arrival, the time of their
+  first event, which a server knows as its clock; with revealed items, 1 s after the last.
 * **new items**: ``frac`` of the items with interactions are removed from the catalogue (their
   interactions leave train and valid, and they are not even softmax negatives), ``mgr`` is
   fitted, and the held-out items get content-only vectors
@@ -204,13 +206,17 @@ def cold_users(data: Dataset, split: Split, *, seed: int, frac: float = 0.1,
     pop_seconds = _fit(pop, data, train, valid)
     users, items, times = _events(data, held)
     request = _Requests(data, mgr)
+    # a new user's first request comes when they arrive: the time of their first event
+    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if len(users) else np.zeros(0, np.int64)
+    arrival = {} if times is None else {int(users[i]): float(times[i]) for i in starts}
     rows = []
     for protocol, n_shown in (("cold_users", 0), ("cold_users_3_items", N_REVEALED)):
         shown, truth, evaluated = _reveal(users, items, times, n_shown, data.n_items)
         metrics = {name: dict.fromkeys(TABLE_METRICS) for name in ("mgr", "pop")}
         if evaluated:  # none when no cold user has more than n_shown distinct items
             exclude = _truth(*_flat_shown(shown), (data.n_users, data.n_items))
-            ranked_mgr = np.stack([request.rank(u, shown.get(u, ([], None))) for u in evaluated])
+            ranked_mgr = np.stack([request.rank(u, shown.get(u, ([], None)), arrival=arrival.get(u))
+                                   for u in evaluated])
             ranked_pop = pop.recommend(np.asarray(evaluated, np.int64), K, exclude=exclude)[0]
             metrics = {"mgr": ranking_metrics(ranked_mgr, truth), "pop": ranking_metrics(ranked_pop, truth)}
         for name, seconds, best in (("mgr", mgr_seconds, mgr.best_epoch_), ("pop", pop_seconds, None)):
@@ -273,14 +279,16 @@ class _Requests:
         self.adjacency = social.adjacency(data.n_users) if social is not None else None
         self.model = model
 
-    def rank(self, user: int, shown: tuple[list[int], list[float] | None]) -> np.ndarray:
+    def rank(self, user: int, shown: tuple[list[int], list[float] | None], *,
+             arrival: float | None = None) -> np.ndarray:
         """The model's top :data:`K` for ``user`` from its profile, friends and ``shown`` items
-        (with times: the request comes 1 s after the last of them, as in training)."""
+        (with times: the request comes 1 s after the last of them, as in training; without
+        shown items, at ``arrival``, the time of the user's first event, or unknown)."""
         items, times = shown
         features = self.frame.iloc[user].to_dict() if self.frame is not None else None
         adj = self.adjacency
         friends = adj.indices[adj.indptr[user]:adj.indptr[user + 1]].tolist() if adj is not None else None
-        at = times[-1] + 1.0 if times else None
+        at = times[-1] + 1.0 if times else arrival
         return self.model.recommend_context(items, history_times=times, features=features, friends=friends,
                                             time=at, k=K)[0]
 

@@ -19,6 +19,7 @@ All randomness (initialisation, shuffling, negatives, dropout, id dropout) comes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -81,8 +82,9 @@ class MGRConfig:
         dropout: dropout inside the encoders.
         hist_dropout: set mode: probability of dropping a whole history event while training.
         cold_dropout: probability that a training batch is encoded as if its users were new:
-            the history granularities (``behavior``, ``item``) count as absent, so the fusion
-            also learns to rank from profile, friends and time alone (cold-start users).
+            the history granularities (``behavior``, ``item``) count as absent and the user id
+            is unknown, so the fusion also learns to rank from profile, friends and time alone
+            (cold-start users).
         linear: set mode: add a linear item-item path (untied input embeddings) to the
             behavior granularity.
         max_len: history events per user.
@@ -393,7 +395,10 @@ class MGR(ServingMixin, Recommender):
         assert net is not None
         drop: frozenset[str] = frozenset()
         if cfg.cold_dropout > 0 and float(torch.rand(1, generator=gen)) < cfg.cold_dropout:
-            drop = frozenset({"behavior", "item"})  # train this batch as new users
+            # train this batch as new users: no history and no id, only profile, friends, time
+            drop = frozenset({"behavior", "item"})
+            assert self.context_ is not None
+            batch = dataclasses.replace(batch, users=torch.full_like(batch.users, self.context_.n_users))
         if cfg.loss == "softmax":
             p = net.user_vectors(batch, drop=drop, given=given)[0]
             return softmax_loss(p @ net.item_vectors(generator=gen).T, target)

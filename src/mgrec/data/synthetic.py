@@ -59,7 +59,9 @@ class SyntheticConfig:
     ``c`` has genre ``c % n_genres``, ``tags_per_cluster`` tags and three title words; an item's tag
     is its cluster's with probability ``tag_purity``. Boosted: each friend's last ``social_recent``
     items within ``social_window_days``. ``start``: unix seconds (UTC); users join in the first 70%
-    of the span. ``w_*``: score weights (module docstring); ``window_hours`` and ``max_chunk_cells``
+    of the span. Events come in sessions of ``session_events`` on average (1 = every event on
+    its own), starting at an hour drawn from the daily profile, ``session_gap_minutes`` apart
+    on average. ``w_*``: score weights (module docstring); ``window_hours`` and ``max_chunk_cells``
     tune speed and memory. Every number must be finite and >= 0.
     """
 
@@ -83,7 +85,7 @@ class SyntheticConfig:
     social_degree: float = 8.0
     homophily: float = 0.85
     social_mix: float = 0.4
-    social_window_days: float = 14.0
+    social_window_days: float = 30.0
     social_recent: int = 5
     start: int = 1577836800  # 2020-01-01 00:00:00 UTC, a Wednesday
     span_days: int = 365
@@ -97,6 +99,8 @@ class SyntheticConfig:
     w_seq_cluster: float = 1.5
     w_seq_item: float = 2.5
     w_social: float = 2.5
+    session_events: float = 4.0
+    session_gap_minutes: float = 5.0
     window_hours: float = 24.0
     max_chunk_cells: int = 4_000_000
 
@@ -116,6 +120,7 @@ class SyntheticConfig:
              "n_occupations, n_regions, tags_*, social_recent, max_chunk_cells must be >= 1"),
             (self.min_events <= self.max_events and min(self.mean_events, self.window_hours) > 0,
              "need min_events <= max_events, mean_events > 0 and window_hours > 0"),
+            (self.session_events >= 1, "session_events must be >= 1"),
             (max(self.homophily, self.tag_purity, self.profile_share, self.social_mix) <= 1,
              "homophily, tag_purity, profile_share and social_mix must be <= 1"),
             (self.n_items - int(self.new_item_frac * self.n_items) > self.min_events,
@@ -302,15 +307,30 @@ def _make_social(
 
 
 def _make_schedule(cfg: SyntheticConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Event users and timestamps, sorted by user then time; counts leave an unseen item at t0."""
+    """Event users and timestamps, sorted by user then time; counts leave an unseen item at t0.
+
+    A user's events fall into ``round(count / session_events)`` sessions; a session starts on
+    a day after the user joins, at an hour from :data:`HOUR_PROFILE`, and its events follow
+    one another by exponential gaps of ``session_gap_minutes``."""
     hi = min(cfg.max_events, cfg.n_items - int(cfg.new_item_frac * cfg.n_items) - 1)
     mu = np.log(cfg.mean_events) - cfg.events_sigma**2 / 2
     counts = np.clip(np.round(rng.lognormal(mu, cfg.events_sigma, cfg.n_users)), cfg.min_events, hi)
-    user = np.repeat(np.arange(cfg.n_users), counts.astype(np.int64))
-    join = rng.uniform(0, 0.7 * cfg.span_days, cfg.n_users)[user]
-    day = np.floor(join + rng.random(len(user)) * (cfg.span_days - join)).astype(np.int64)
-    hour = rng.choice(24, size=len(user), p=HOUR_PROFILE / HOUR_PROFILE.sum())
-    ts = cfg.start + day * DAY + hour * 3600 + rng.integers(0, 3600, len(user))
+    counts = counts.astype(np.int64)
+    user = np.repeat(np.arange(cfg.n_users), counts)
+    n_sess = np.maximum(1, np.round(counts / cfg.session_events)).astype(np.int64)
+    sess_user = np.repeat(np.arange(cfg.n_users), n_sess)
+    join = rng.uniform(0, 0.7 * cfg.span_days, cfg.n_users)[sess_user]
+    day = np.floor(join + rng.random(len(sess_user)) * (cfg.span_days - join)).astype(np.int64)
+    hour = rng.choice(24, size=len(sess_user), p=HOUR_PROFILE / HOUR_PROFILE.sum())
+    sess_start = cfg.start + day * DAY + hour * 3600 + rng.integers(0, 3600, len(sess_user))
+    # each event joins one of its user's sessions; its rank in the session sets its offset
+    sid = (np.cumsum(n_sess) - n_sess)[user] + (rng.random(len(user)) * n_sess[user]).astype(np.int64)
+    by_sid = np.argsort(sid, kind="stable")
+    first = np.r_[True, np.diff(sid[by_sid]) != 0]
+    rank = np.empty(len(user), np.int64)
+    rank[by_sid] = np.arange(len(user)) - np.maximum.accumulate(np.where(first, np.arange(len(user)), 0))
+    gap = rng.exponential(cfg.session_gap_minutes * 60.0, len(user)).astype(np.int64) + 1
+    ts = np.minimum(sess_start[sid] + rank * gap, cfg.start + cfg.span_days * DAY - 1)
     order = np.lexsort((ts, user))
     return user[order], ts[order]
 

@@ -274,14 +274,19 @@ def test_cold_dropout_trains_batches_without_history(data, monkeypatch):
     drops: list[frozenset] = []
     original = MGRNet.user_vectors
 
+    unknown: list[bool] = []
+
     def spy(self, batch, *, drop=frozenset(), given=None):
         if self.training:
             drops.append(drop)
+            unknown.append(bool((batch.users == data[0].n_users).all()))
         return original(self, batch, drop=drop, given=given)
 
     monkeypatch.setattr(MGRNet, "user_vectors", spy)
     _fit(data, cold_dropout=0.5, batch_size=64)
     assert frozenset({"behavior", "item"}) in drops and frozenset() in drops
+    # a cold batch also hides the user ids (a new user has none); the others keep them
+    assert all(u == (d == frozenset({"behavior", "item"})) for d, u in zip(drops, unknown, strict=True))
     drops.clear()
     _fit(data, batch_size=64)
     assert drops and all(d == frozenset() for d in drops)

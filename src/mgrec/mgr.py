@@ -40,6 +40,7 @@ from mgrec.encoders import set_generator
 from mgrec.encoders.base import GRANULARITIES
 from mgrec.errors import ConfigError
 from mgrec.feature_arrays import ItemArrays, build_item_arrays
+from mgrec.item_item import RELATIVE_SCALES, ItemItemPart, fit_item_item, scale_grid
 from mgrec.losses import LOSSES, bpr_loss, sampled_softmax_loss, softmax_loss
 from mgrec.mgr_build import build_net, net_spec
 from mgrec.mgr_serving import ServingMixin
@@ -54,6 +55,8 @@ _FUSION_NAMES = ("weighted", "product", "deep", "gated")
 _STATE_VERSION = 1
 #: Users scored per forward pass in :meth:`MGR.score`.
 SCORE_CHUNK = 1024
+#: ``item_item="auto"`` fits the dense item-item part up to this many items.
+ITEM_ITEM_MAX_ITEMS = 40_000
 
 
 @dataclass
@@ -87,6 +90,13 @@ class MGRConfig:
             (cold-start users).
         linear: set mode: add a linear item-item path (untied input embeddings) to the
             behavior granularity.
+        item_item: the behaviour granularity's linear item-item part (:mod:`mgrec.item_item`):
+            ``ease`` adds closed-form EASE scores over the whole training history, weighted by a
+            scale chosen on validation after training (0 turns it off); ``auto`` does so for
+            unordered histories (``set`` mode) on catalogues up to 40k items; ``none`` never.
+        item_item_reg: EASE's L2 penalty for that part.
+        item_item_rank: the most dimensions the part adds to the user and item vectors (a
+            catalogue up to this size is exact).
         max_len: history events per user.
         max_friends: friends per user.
         friend_len: recent items per friend.
@@ -117,6 +127,9 @@ class MGRConfig:
     hist_dropout: float = 0.5
     cold_dropout: float = 0.0
     linear: bool = False
+    item_item: str = "auto"
+    item_item_reg: float = 250.0
+    item_item_rank: int = 512
     max_len: int = 50
     max_friends: int = 20
     friend_len: int = 10
@@ -125,10 +138,11 @@ class MGRConfig:
 
     def __post_init__(self) -> None:
         for name in ("dim", "n_negatives", "batch_size", "epochs", "eval_every", "patience",
-                     "max_len", "max_friends", "friend_len"):
+                     "max_len", "max_friends", "friend_len", "item_item_rank"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         choices = {"fusion": _FUSION_NAMES, "behavior_mode": ("auto", "sequence", "set"),
+                   "item_item": ("auto", "ease", "none"),
                    "loss": tuple(LOSSES), "optimizer": ("adamw", "sgd")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -140,8 +154,8 @@ class MGRConfig:
             if bad or not self.granularities or len(set(self.granularities)) != len(self.granularities):
                 raise ValueError(f"granularities must be distinct names from {', '.join(GRANULARITIES)}; "
                                  f"got {self.granularities}")
-        if self.lr <= 0 or self.weight_decay < 0 or self.threads < 0:
-            raise ValueError("lr must be > 0, weight_decay and threads >= 0")
+        if self.lr <= 0 or self.weight_decay < 0 or self.threads < 0 or self.item_item_reg <= 0:
+            raise ValueError("lr and item_item_reg must be > 0, weight_decay and threads >= 0")
         for name in ("id_dropout", "dropout", "hist_dropout", "cold_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
@@ -221,6 +235,8 @@ class MGR(ServingMixin, Recommender):
         self.behavior_mode_: str = ""
         self.history_: list[dict[str, float]] = []
         self.best_epoch_, self.best_valid_ = 0, float("nan")
+        self.item_item_: ItemItemPart | None = None
+        self.item_item_valid_: dict[str, float] = {}
         self._init_serving()
         self._reset_vector_cache()
 
@@ -241,9 +257,11 @@ class MGR(ServingMixin, Recommender):
         self._set_ids(dataset.users.ids, dataset.items.ids)
         self.base_items_ = dataset.n_items
         self._extra_vectors = None
+        self.item_item_, self.item_item_valid_ = None, {}
         with torch_threads(cfg.threads):
             self.net_ = build_net(self.spec_, self.context_, self.items_, seed=self.seed)
             self._train(train, valid)
+            self._fit_item_item(valid)
         logger.info("mgr: granularities %s, %s mode, best epoch %d (valid ndcg@10 %.4f)",
                     self.granularities_, self.behavior_mode_, self.best_epoch_, self.best_valid_)
 
@@ -422,6 +440,42 @@ class MGR(ServingMixin, Recommender):
         scores = (p.unsqueeze(1) * q).sum(-1)
         return bpr_loss(scores[:, 0], scores[:, 1:], mask=neg != target.unsqueeze(1))
 
+    def _fit_item_item(self, valid: pd.DataFrame | None) -> None:
+        """Fit the linear item-item part and choose its scale on ``valid`` (see
+        :mod:`mgrec.item_item`); the part is dropped when scale 0 validates best."""
+        cfg = self.config
+        auto = cfg.item_item == "auto" and self.behavior_mode_ == "set" and self.n_items_ <= ITEM_ITEM_MAX_ITEMS
+        if not (cfg.item_item == "ease" or auto) or "behavior" not in self.granularities_:
+            return
+        assert self.seen_ is not None
+        part = fit_item_item(self.seen_, cfg.item_item_reg, cfg.item_item_rank)
+        rng = np.random.default_rng(self.seed)
+        sample = np.sort(rng.choice(self.n_users_, min(512, self.n_users_), replace=False))
+        scales = scale_grid(self.score(sample), part.scores(self.seen_[sample], self.n_items_))
+        scorer = validation_scorer(self, valid, metric="ndcg@10")
+        if scorer is None:  # nothing to choose on: equal spreads
+            part.scale = scales[RELATIVE_SCALES.index(1.0)]
+            self.item_item_ = part if part.scale > 0 else None
+            return
+        best, best_scale = -math.inf, 0.0
+        for rel, scale in zip(RELATIVE_SCALES, scales, strict=True):
+            part.scale = scale
+            self.item_item_ = part if scale > 0 else None
+            score = scorer()
+            self.item_item_valid_[f"{rel:g}"] = score
+            if score > best:
+                best, best_scale = score, scale
+        part.scale = best_scale
+        self.item_item_ = part if best_scale > 0 else None
+        if math.isfinite(best):
+            self.best_valid_ = best
+        logger.info("mgr: item-item part, relative scale -> valid ndcg@10 %s", self.item_item_valid_)
+
+    def _item_item_scores(self, users: np.ndarray) -> np.ndarray | None:
+        if self.item_item_ is None or self.seen_ is None:
+            return None
+        return self.item_item_.scores(self.seen_[users], self.n_items_)
+
     # ------------------------------------------------------------------ scoring
     def score(self, users: np.ndarray) -> np.ndarray:
         """``(B, n_items)`` ``float32`` scores ``q_v . p_{u,c}`` in the training context
@@ -437,6 +491,9 @@ class MGR(ServingMixin, Recommender):
                 for s in range(0, len(users), SCORE_CHUNK):
                     p = self.net_.user_vectors(self.context_.batch(users[s:s + SCORE_CHUNK]))[0]
                     out[s:s + SCORE_CHUNK] = (p @ q.T).numpy()
+                    linear = self._item_item_scores(users[s:s + SCORE_CHUNK])
+                    if linear is not None:
+                        out[s:s + SCORE_CHUNK] += linear
         return out
 
     # -------------------------------------------------------------- persistence
@@ -449,12 +506,16 @@ class MGR(ServingMixin, Recommender):
             "best_valid": None if math.isnan(self.best_valid_) else self.best_valid_,
             "epochs_run": len(self.history_), "granularities": self.granularities_,
             "behavior_mode": self.behavior_mode_, "spec": self.spec_, "context": ctx_state,
+            "item_item_scale": None if self.item_item_ is None else self.item_item_.scale,
+            "item_item_valid": self.item_item_valid_,
             "item_encoder": self.item_encoder_.to_state() if self.item_encoder_ else None,
             **self._serving_meta(),
         }
         arrays = {f"net/{k}": v.detach().cpu().numpy().copy() for k, v in self.net_.state_dict().items()}
         arrays.update({f"ctx/{k}": v for k, v in ctx_arrays.items()})
         arrays.update(self._serving_arrays())
+        if self.item_item_ is not None:
+            arrays.update({"item_item/left": self.item_item_.left, "item_item/right": self.item_item_.right})
         f = self.items_.features
         arrays.update({"items/cat": f.cat, "items/num": f.num, "items/bag_idx": f.bag_idx,
                        "items/bag_w": f.bag_w, "items/time": self.items_.time_feats,
@@ -485,6 +546,11 @@ class MGR(ServingMixin, Recommender):
         state = {k[4:]: torch.from_numpy(np.array(v)) for k, v in arrays.items() if k.startswith("net/")}
         self.net_.load_state_dict(state, strict=True)
         self.net_.eval()
+        scale = meta.get("item_item_scale")
+        self.item_item_valid_ = dict(meta.get("item_item_valid") or {})
+        self.item_item_ = None if scale is None else ItemItemPart(
+            np.array(arrays["item_item/left"], dtype=np.float32), np.array(arrays["item_item/right"], dtype=np.float32),
+            float(scale))
         self._reset_vector_cache()
         self._load_serving(meta, arrays)
 

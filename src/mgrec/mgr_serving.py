@@ -42,6 +42,7 @@ class ServingMixin:
     n_items_: int
     seen_: sp.csr_matrix | None
     index_: Any
+    item_item_: Any
 
     def _init_serving(self) -> None:
         self.user_ids_: list[str] = []
@@ -72,7 +73,8 @@ class ServingMixin:
 
     # ------------------------------------------------------- the serving index path
     def query_vectors(self, users: np.ndarray) -> np.ndarray:
-        """``(B, D)`` fused user vectors ``p_{u,c}`` in the current context (see :meth:`score`).
+        """``(B, D)`` fused user vectors ``p_{u,c}`` in the current context (see :meth:`score`),
+        followed by the item-item part's block when the model has one (``D + r`` columns).
 
         A known user's vector depends only on the context (history, friends' items, the
         request time after the last event), so computed vectors are kept (up to
@@ -91,6 +93,8 @@ class ServingMixin:
                 self.net_.eval()
             with torch.inference_mode():
                 vecs = self.net_.user_vectors(context.batch(users[missing]))[0].numpy()
+            if self.item_item_ is not None:  # the linear part's block: scale * x_u L
+                vecs = np.hstack([vecs, self.item_item_.user_vectors(self.seen_[users[missing]])])
             for n, v in zip(missing, vecs, strict=True):
                 out[n] = v
             if gen == self._context_gen and self.vector_cache_size > 0:  # no event arrived meanwhile
@@ -104,11 +108,15 @@ class ServingMixin:
         return np.stack(out).astype(np.float32, copy=False)
 
     def item_vectors(self) -> np.ndarray:
-        """``(n_items, D)`` item vectors ``q_v`` (added items included)."""
+        """``(n_items, D)`` item vectors ``q_v`` (added items included), followed by the
+        item-item part's block ``R_v`` when the model has one."""
         check_fitted(self.net_ is not None, self.name)
         with torch.no_grad():
             self.net_.eval()
-            return self._item_matrix().numpy().copy()
+            q = self._item_matrix().numpy().copy()
+        if self.item_item_ is not None:
+            q = np.hstack([q, self.item_item_.item_vectors(self.n_items_)])
+        return q
 
     def observe(self, users: np.ndarray, items: np.ndarray, times: np.ndarray | None = None,
                 weights: np.ndarray | None = None) -> None:
@@ -155,7 +163,19 @@ class ServingMixin:
         with torch.no_grad():
             self.net_.eval()
             out = self.net_.contributions(self.context_.batch(users), torch.from_numpy(np.ascontiguousarray(items)))
-        return {g: v.numpy().astype(np.float32, copy=False) for g, v in out.items()}
+        return self._with_item_item(out, self.seen_[users] if self.seen_ is not None else None, items)
+
+    def _with_item_item(self, out: Mapping[str, torch.Tensor], history: sp.spmatrix | None,
+                        items: np.ndarray) -> dict[str, np.ndarray]:
+        """Contributions as arrays, the item-item part's score added to ``behavior`` (its
+        granularity: exact, and equal to its leave-one-out delta)."""
+        res = {g: v.numpy().astype(np.float32, copy=True) for g, v in out.items()}
+        part = self.item_item_
+        if part is not None and history is not None and "behavior" in res:
+            u = part.user_vectors(history)  # (B, r)
+            r = part.item_vectors(self.n_items_)[items]  # (B, K, r)
+            res["behavior"] += np.einsum("br,bkr->bk", u, r).astype(np.float32)
+        return res
 
     def explain_context(
         self,
@@ -182,7 +202,14 @@ class ServingMixin:
         with torch.no_grad():
             self.net_.eval()
             out = self.net_.contributions(batch, torch.from_numpy(np.ascontiguousarray(items)))
-        return {g: v.numpy().astype(np.float32, copy=False) for g, v in out.items()}
+        return self._with_item_item(out, self._history_row(history_items), items)
+
+    def _history_row(self, history_items: Sequence[str | int]) -> sp.csr_matrix:
+        """A one-row user x item matrix of a context's history items."""
+        hist = [self._code(v, self._item_index, self.base_items_, "history") for v in history_items]
+        cols = np.unique(np.asarray(hist, dtype=np.int64))
+        return sp.csr_matrix((np.ones(len(cols), np.float32), (np.zeros(len(cols), np.int64), cols)),
+                             shape=(1, self.n_items_))
 
     def _cold_batch(self, history_items: Sequence[str | int], history_times: Sequence[float] | None,
                     features: Mapping[str, Any] | None, friends: Sequence[str | int] | None,
@@ -223,16 +250,20 @@ class ServingMixin:
         check_fitted(self.net_ is not None, self.name)
         hist = [self._code(v, self._item_index, self.base_items_, "history") for v in history_items]
         batch = self._cold_batch(hist, history_times, features, friends, time)
+        row = self._history_row(hist) if self.item_item_ is not None else None
         with torch.no_grad():
             self.net_.eval()
             p = self.net_.user_vectors(batch)[0]
             if self.index_ is not None:
-                idx, vals = self.index_.search(p.numpy(), k, exclude=[np.unique(np.asarray(hist, np.int64))
-                                                                      if filter_seen else np.zeros(0, np.int64)])
+                query = p.numpy() if row is None else np.hstack([p.numpy(), self.item_item_.user_vectors(row)])
+                idx, vals = self.index_.search(query, k, exclude=[np.unique(np.asarray(hist, np.int64))
+                                                                  if filter_seen else np.zeros(0, np.int64)])
                 idx = np.asarray(idx, dtype=np.int64)
                 idx[~np.isfinite(vals)] = -1
                 return idx[0], np.asarray(vals[0], dtype=np.float32)
             scores = (p @ self._item_matrix().T).numpy()
+        if row is not None:
+            scores += self.item_item_.scores(row, self.n_items_)
         if filter_seen and hist:
             scores[0, hist] = -np.inf
         idx, vals = topk(scores, k)

@@ -94,6 +94,9 @@ def _check_mgr(model: Any) -> None:
         raise ConfigError(f"ONNX export covers the fused model 'mgr' only, not {name!r}")
     if model.net_ is None or model.context_ is None:
         raise ConfigError("mgr: the model is not fitted; fit or load it before exporting")
+    if getattr(model, "item_item_", None) is not None:
+        raise ConfigError("ONNX export does not cover the item-item part of the behaviour granularity "
+                          "(it reads the whole training history); train with item_item 'none' to export")
 
 
 @contextmanager

@@ -87,18 +87,27 @@ def fit_item_item(x: sp.spmatrix, reg: float, max_rank: int) -> ItemItemPart:
     b = ease_weights(x, reg, dtype=dtype)
     if n <= max_rank:
         return ItemItemPart(b, np.eye(n, dtype=np.float32))
-    if n <= 4 * max_rank or n <= 4096:
+    if n <= 4096:
         u, s, vt = np.linalg.svd(b, full_matrices=False)
         u, s, vt = u[:, :max_rank], s[:max_rank], vt[:max_rank]
     else:
-        from scipy.sparse.linalg import svds
-
-        u, s, vt = svds(b, k=max_rank, random_state=0)
-        order = np.argsort(-s)
-        u, s, vt = u[:, order], s[order], vt[order]
+        u, s, vt = _randomized_svd(b, max_rank, np.random.default_rng(0))
     logger.info("item-item part: rank %d of %d keeps %.1f%% of B's Frobenius norm", max_rank, n,
                 100 * float(np.sqrt((s**2).sum()) / max(np.linalg.norm(b), 1e-12)))
     return ItemItemPart((u * s).astype(np.float32), np.ascontiguousarray(vt.T, dtype=np.float32))
+
+
+def _randomized_svd(a: np.ndarray, rank: int, rng: np.random.Generator, *, oversample: int = 16,
+                    power: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The top ``rank`` singular triplets of a dense ``a`` by a randomized range finder with
+    ``power`` subspace iterations (Halko, Martinsson and Tropp, SIAM Review 2011): a few
+    ``n x n x (rank + oversample)`` matrix products instead of a full ``O(n^3)`` SVD."""
+    q, _ = np.linalg.qr(a @ rng.standard_normal((a.shape[1], rank + oversample), dtype=np.float32))
+    for _ in range(power):
+        q, _ = np.linalg.qr(a.T @ q)
+        q, _ = np.linalg.qr(a @ q)
+    u, s, vt = np.linalg.svd(q.T @ a, full_matrices=False)
+    return (q @ u)[:, :rank], s[:rank], vt[:rank]
 
 
 def scale_grid(neural: np.ndarray, linear: np.ndarray, relative: tuple[float, ...] = RELATIVE_SCALES) -> list[float]:

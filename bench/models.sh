@@ -29,6 +29,15 @@ run() {
         --out $R/ablation-synthetic-loo.json ;;
     coldstart) $MGREC coldstart --datasets ml-100k --seeds 1 --out $R/coldstart-ml-100k.json
                $MGREC coldstart --datasets lastfm-2k --seeds 1 --out $R/coldstart-lastfm-2k.json ;;
+    # the fused model with the behaviour granularity's item-item part (item_item "auto", on for
+    # set-mode histories), its default config (tuned on ml-100k validation), no search
+    itemitem-ml-100k-random) $MGREC benchmark --datasets ml-100k --models mgr --split random --seeds 3 --no-tune \
+        --out $R/mgr-itemitem-ml-100k-random.json ;;
+    itemitem-lastfm-2k-random) $MGREC benchmark --datasets lastfm-2k --models mgr --split random --seeds 3 --no-tune \
+        --out $R/mgr-itemitem-lastfm-2k-random.json ;;
+    itemitem-ciao) $MGREC benchmark --datasets ciao --models mgr --split random --seeds 3 --no-tune \
+        --out $R/mgr-itemitem-ciao-random.json
+        $MGREC benchmark --datasets ciao --models mgr --split loo --seeds 3 --no-tune --out $R/mgr-ciao-loo.json ;;
     *) echo "unknown step $1" >&2; exit 2 ;;
     esac
 }

@@ -44,6 +44,7 @@ from mgrec.item_item import RELATIVE_SCALES, ItemItemPart, fit_item_item, scale_
 from mgrec.losses import LOSSES, bpr_loss, sampled_softmax_loss, softmax_loss
 from mgrec.mgr_build import build_net, net_spec
 from mgrec.mgr_serving import ServingMixin
+from mgrec.optim import make_optimizer, sparse_parameters
 from mgrec.recommender import Recommender
 from mgrec.training import EarlyStopping, fit_epochs, torch_threads, validation_scorer
 
@@ -97,6 +98,10 @@ class MGRConfig:
         item_item_reg: EASE's L2 penalty for that part.
         item_item_rank: the most dimensions the part adds to the user and item vectors (a
             catalogue up to this size is exact).
+        sparse_ids: ``auto``: with a sampled loss (``sampled_softmax``, ``bpr``), set-mode
+            histories and at least 50k users + items, the user and item id tables get sparse
+            gradients and lazily decayed Adam updates (:mod:`mgrec.optim`), so a step costs the
+            rows it touches, not the whole tables; ``off``: always dense.
         max_len: history events per user.
         max_friends: friends per user.
         friend_len: recent items per friend.
@@ -130,6 +135,7 @@ class MGRConfig:
     item_item: str = "auto"
     item_item_reg: float = 250.0
     item_item_rank: int = 512
+    sparse_ids: str = "auto"
     max_len: int = 50
     max_friends: int = 20
     friend_len: int = 10
@@ -142,7 +148,7 @@ class MGRConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         choices = {"fusion": _FUSION_NAMES, "behavior_mode": ("auto", "sequence", "set"),
-                   "item_item": ("auto", "ease", "none"),
+                   "item_item": ("auto", "ease", "none"), "sparse_ids": ("auto", "off"),
                    "loss": tuple(LOSSES), "optimizer": ("adamw", "sgd")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
@@ -295,13 +301,9 @@ class MGR(ServingMixin, Recommender):
         net.to(device)
         log_q = dctx.place(log_q)
         dctx.broadcast_module(net)  # identical replicas to start with (as DDP does)
-        params = [p for p in net.parameters() if p.requires_grad]
-        if cfg.optimizer == "adamw":
-            # fused: one kernel over all parameters (the same update up to float rounding)
-            opt: torch.optim.Optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                                           fused=True)
-        else:
-            opt = torch.optim.SGD(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if dctx.enabled and sparse_parameters(net):
+            raise ConfigError("mgr: sparse id tables cannot train distributed; set sparse_ids 'off'")
+        opt = make_optimizer(net, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
         stopping = EarlyStopping(cfg.epochs, cfg.eval_every, cfg.patience, cfg.progress)
         plan = active_plan()
         run: dict[str, Any] = {}

@@ -46,7 +46,19 @@ def net_spec(cfg: Any, granularities: list[str], behavior_mode: str, ctx: Contex
         "user": {"cardinalities": list(ua.cardinalities), "n_numeric": int(ua.num.shape[1]),
                  "n_bag_tokens": ua.n_bag_tokens - 1},
         "t_min": ctx.t_min, "t_max": ctx.t_max,
+        "sparse_ids": use_sparse_ids(cfg, behavior_mode, ctx.n_users + ctx.n_items),
     }
+
+
+#: ``sparse_ids="auto"`` switches to sparse id-table gradients from this many users + items.
+SPARSE_IDS_MIN_ROWS = 50_000
+
+
+def use_sparse_ids(cfg: Any, behavior_mode: str, rows: int) -> bool:
+    """Whether the user and item id tables train with sparse gradients (see ``MGRConfig``):
+    ``auto`` with a sampled loss, set-mode histories and large tables."""
+    return (cfg.sparse_ids == "auto" and cfg.loss != "softmax" and behavior_mode == "set"
+            and rows >= SPARSE_IDS_MIN_ROWS)
 
 
 def friend_adjacency(ctx: ContextBuilder) -> sp.csr_matrix:
@@ -85,16 +97,17 @@ def build_net(spec: dict[str, Any], ctx: ContextBuilder, items: ItemArrays, *, s
     dim, grans = int(spec["dim"]), list(spec["granularities"])
     n_users, n_items = int(spec["n_users"]), int(spec["n_items"])
     si, su = spec["item"], spec["user"]
+    sparse = bool(spec.get("sparse_ids", False))
     tower = ItemTower(n_items, dim, cat_cardinalities=si["cardinalities"], n_numeric=si["n_numeric"],
                       n_bag_tokens=si["n_bag_tokens"], n_time_features=si["n_time_features"],
-                      id_dropout=spec["id_dropout"], use_content=True)
+                      id_dropout=spec["id_dropout"], use_content=True, sparse_ids=sparse)
     tower.set_item_data(*items.tensors())
     encoders: dict[str, nn.Module] = {}
     if "user" in grans:
         encoders["user"] = UserEncoder(
             n_users, dim, cat_cardinalities=su["cardinalities"], n_numeric=su["n_numeric"],
             n_bag_tokens=su["n_bag_tokens"], id_dropout=spec["id_dropout"],
-            missing_columns=list(range(1, su["n_numeric"], 2)))
+            missing_columns=list(range(1, su["n_numeric"], 2)), sparse_ids=sparse)
     if "item" in grans:
         encoders["item"] = ItemContentEncoder(tower, dim)
     if "behavior" in grans:
@@ -104,7 +117,7 @@ def build_net(spec: dict[str, Any], ctx: ContextBuilder, items: ItemArrays, *, s
                                                linear=bool(spec.get("linear", False)))
     if "social" in grans:
         table = encoders["user"].id_embedding if "user" in encoders else \
-            nn.Embedding(n_users + 1, dim, padding_idx=n_users)
+            nn.Embedding(n_users + 1, dim, padding_idx=n_users, sparse=sparse)
         encoders["social"] = SocialEncoder(table, tower, dim, adjacency=friend_adjacency(ctx))
     if "time" in grans:
         encoders["time"] = TimeEncoder(dim, t_min=float(spec["t_min"]), t_max=float(spec["t_max"]))

@@ -47,6 +47,8 @@ class ItemTower(nn.Module):
         n_time_features: the number of item time statistics (0 = none).
         id_dropout: training-time probability of dropping an item's id part.
         use_content: whether the content part is used at all (False: ids only).
+        sparse_ids: the id table gets sparse gradients (rows looked up in a step only); for
+            large catalogues trained with a sampled loss, inside ``shared_content(items)``.
     """
 
     def __init__(
@@ -60,6 +62,7 @@ class ItemTower(nn.Module):
         n_time_features: int = 0,
         id_dropout: float = 0.0,
         use_content: bool = True,
+        sparse_ids: bool = False,
     ) -> None:
         super().__init__()
         if n_items < 1 or dim < 1:
@@ -80,7 +83,7 @@ class ItemTower(nn.Module):
         self._row_cache: torch.Tensor | None = None
         self._local_map: torch.Tensor | None = None
         self._n_local = 0
-        self.id_embedding = nn.Embedding(n_items + 1, dim, padding_idx=n_items)
+        self.id_embedding = nn.Embedding(n_items + 1, dim, padding_idx=n_items, sparse=sparse_ids)
         self.cat_embeddings = nn.ModuleList(
             nn.Embedding(int(c) + 1, dim, padding_idx=0) for c in cat_cardinalities
         ) if use_content else nn.ModuleList()
@@ -373,7 +376,7 @@ class ItemTower(nn.Module):
         local = torch.full((n + 1,), -1, dtype=torch.int64, device=uniq.device)
         local[uniq] = torch.arange(m + 1, device=uniq.device)
         content = self._encode_rows(uniq) if self.use_content else None  # padding row: zeros
-        ids = self.id_embedding.weight[uniq[:m]]
+        ids = F.embedding(uniq[:m], self.id_embedding.weight, sparse=self.id_embedding.sparse)
         zero = ids.new_zeros(1, self.dim)
         rows = torch.cat([ids, zero] if content is None else [ids + content[:m], content[:m], zero])
         self._shared, self._content_cache, self._row_cache = "subset", content, rows

@@ -17,6 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from mgrec.encoders import masked_softmax
 from mgrec.encoders.base import Batch
@@ -134,6 +135,11 @@ class SocialEncoder(nn.Module):
         for _ in range(self.hops - 1):
             rows = rows @ self._adj
         rows = sp.coo_matrix(rows.multiply(known[:, None].astype(np.float32)))
+        if self.user_table.sparse:  # a gather, so that the table's gradient stays sparse
+            r, c = (torch.from_numpy(a.astype(np.int64)).to(weight.device) for a in (rows.row, rows.col))
+            vals = torch.from_numpy(rows.data.astype(np.float32)).to(weight.device, weight.dtype)
+            picked = F.embedding(c, weight, sparse=True) * vals.unsqueeze(-1)
+            return weight.new_zeros(len(codes), weight.shape[1]).index_add(0, r, picked)
         index = torch.from_numpy(np.vstack([rows.row, rows.col]).astype(np.int64))
         values = torch.from_numpy(rows.data.astype(np.float32))
         mat = torch.sparse_coo_tensor(index, values, (len(codes), weight.shape[0]),

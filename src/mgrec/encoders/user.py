@@ -34,6 +34,7 @@ class UserEncoder(nn.Module):
         n_numeric: the number of numeric columns in ``batch.user_num``.
         n_bag_tokens: the number of bag tokens (codes ``1..n``; 0 = padding).
         id_dropout: training-time probability of dropping a row's id part.
+        sparse_ids: the id table gets sparse gradients (for very many users).
         missing_columns: indices of ``user_num`` columns that are missing indicators (as in
             :meth:`EncodedFeatures.numeric_matrix`, the odd columns); they are projected like
             the others but do not make a row present.
@@ -51,6 +52,7 @@ class UserEncoder(nn.Module):
         n_bag_tokens: int,
         id_dropout: float = 0.0,
         missing_columns: Sequence[int] = (),
+        sparse_ids: bool = False,
     ) -> None:
         super().__init__()
         if n_users < 1 or dim < 1:
@@ -62,7 +64,7 @@ class UserEncoder(nn.Module):
         self.n_bag_tokens = int(n_bag_tokens)
         self.id_dropout = float(id_dropout)
         self.generator: torch.Generator | None = None
-        self.id_embedding = nn.Embedding(n_users + 1, dim, padding_idx=n_users)
+        self.id_embedding = nn.Embedding(n_users + 1, dim, padding_idx=n_users, sparse=sparse_ids)
         self.cat_embeddings = nn.ModuleList(
             nn.Embedding(int(c) + 1, dim, padding_idx=0) for c in cat_cardinalities)
         self.bag_embedding = (nn.Embedding(self.n_bag_tokens + 1, dim, padding_idx=0)

@@ -58,6 +58,9 @@ def test_scale_is_chosen_on_validation_and_scores_add_up(fitted):
     assert set(model.item_item_valid_) == {f"{a:g}" for a in RELATIVE_SCALES}
     best = max(model.item_item_valid_.values())
     assert model.best_valid_ == pytest.approx(best)
+    info = model.fit_info()
+    assert info["best_valid"] == pytest.approx(best, abs=1e-6) and set(info["item_item_valid"]) == set(
+        model.item_item_valid_)
     if model.item_item_ is None:  # scale 0 won: the part is off
         assert model.item_item_valid_["0"] == pytest.approx(best)
         return

@@ -55,6 +55,8 @@ def _worker(cfg: ExperimentConfig, queue: Any) -> None:
             "model_config": rec["model_config"],
             "data": {k: rec["data"][k] for k in ("users", "items", "interactions")},
         }
+        if "fit_info" in rec:
+            row["fit_info"] = rec["fit_info"]
         if "tuning" in rec:
             row["tuning"] = {k: v for k, v in rec["tuning"].items() if k != "trials"}
         queue.put(("ok", row))

@@ -175,6 +175,8 @@ def run_experiment(cfg: ExperimentConfig, *, evaluate_test: bool = True) -> Trai
         model.fit(data, split.train, split.valid)
         record["train_seconds"] = round(time.perf_counter() - t0, 3)
     record["model_config"] = model.config_dict()
+    if callable(getattr(model, "fit_info", None)):  # what training chose (epochs, scales ...)
+        record["fit_info"] = model.fit_info()
     epochs = [e["train_seconds"] for e in getattr(model, "history_", []) if "train_seconds" in e]
     if epochs:  # iterative models: seconds per pass over the training data (no validation)
         record["epochs"] = len(epochs)

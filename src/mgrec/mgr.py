@@ -473,6 +473,15 @@ class MGR(ServingMixin, Recommender):
             self.best_valid_ = best
         logger.info("mgr: item-item part, relative scale -> valid ndcg@10 %s", self.item_item_valid_)
 
+    def fit_info(self) -> dict[str, Any]:
+        """What training chose: the best epoch, its validation NDCG@10, the item-item part's
+        validation score per relative scale and the scale kept (``None``: off)."""
+        return {"best_epoch": self.best_epoch_,
+                "best_valid": None if math.isnan(self.best_valid_) else round(self.best_valid_, 6),
+                "item_item_valid": {k: round(v, 6) for k, v in self.item_item_valid_.items()},
+                "item_item_scale": None if self.item_item_ is None else self.item_item_.scale,
+                "sparse_ids": bool(self.spec_.get("sparse_ids", False))}
+
     def _item_item_scores(self, users: np.ndarray) -> np.ndarray | None:
         if self.item_item_ is None or self.seen_ is None:
             return None

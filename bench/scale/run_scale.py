@@ -7,7 +7,8 @@ many friendships as interactions) it
 2. in a fresh process: streams it back from Parquet (:mod:`mgrec.data.parquet_stream`),
    preprocesses and splits it (``random`` 8:1:1 per user) -- *load + preprocess s*;
 3. fits ``mgr`` for one epoch with sampled softmax and logQ correction (``n_negatives``
-   popularity-sampled negatives per batch) -- *s/epoch* is that epoch alone, *fit s* adds the
+   popularity-sampled negatives per batch; sparse id tables from 50k users + items, see
+   :mod:`mgrec.optim`; no item-item part) -- *s/epoch* is that epoch alone, *fit s* adds the
    feature encoding and context building;
 4. ranks the **whole catalogue** for a fixed random sample of ``eval_users`` test users
    (sampled users, not sampled items) -- *eval s* and NDCG@10 / Recall@10 on that sample;
@@ -70,8 +71,10 @@ def measure(size: str, folder: Path, args: argparse.Namespace) -> dict:
     split = make_split(data, "random", seed=args.seed)
     data.meta["split_protocol"] = "random"
     load_s = time.perf_counter() - t
+    # the dense item-item part (n_items^2 floats) is for catalogues up to 40k items: left out
+    # here so that every size trains the same model
     cfg = {"loss": "sampled_softmax", "n_negatives": args.n_negatives, "batch_size": args.batch_size,
-           "epochs": 1, "threads": args.threads}
+           "epochs": 1, "threads": args.threads, "item_item": "none"}
     model = MGR(cfg, seed=args.seed)
     t = time.perf_counter()
     model.fit(data, split.train, None)

@@ -22,11 +22,12 @@ install() {
     # run RecBole with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1
     recbole) make_env recbole torch==2.13.0 recbole==1.2.1 "numpy<2" "pandas<3" "scipy<1.12" "setuptools<81" ;;
     implicit) make_env implicit implicit==0.7.2 "numpy<2" scipy pandas ;;  # 0.7.2: the newest wheel here
-    # LightFM's default (PEP 517) build fails here
+    # LightFM's default build fails here (anchors.md)
     lightfm)
         if [ ! -f "$ROOT/lightfm/.ok" ]; then
             rm -rf "$ROOT/lightfm"; "$PY" -m venv "$ROOT/lightfm"
-            "$ROOT/lightfm/bin/pip" install -q --upgrade pip wheel "setuptools<81" "numpy<2" scipy pandas
+            # its setup.py needs the legacy (non PEP 517) build, which pip 25 dropped
+            "$ROOT/lightfm/bin/pip" install -q "pip<25" wheel "setuptools<81" "numpy<2" scipy pandas
             "$ROOT/lightfm/bin/pip" install -q --no-use-pep517 lightfm==1.17
             touch "$ROOT/lightfm/.ok"
         fi

@@ -32,7 +32,7 @@ install() {
             touch "$ROOT/lightfm/.ok"
         fi
         echo "lightfm: ready" ;;
-    cornac) make_env cornac cornac "numpy<2" ;;
+    cornac) make_env cornac cornac==3.0.1 ;;
     *) echo "unknown peer $1" >&2; exit 2 ;;
     esac
 }

@@ -63,9 +63,12 @@ def test_page_shows_recommendations_and_reacts_to_a_new_interaction(server):
             # add the top recommendation as an interaction: the list changes, history grows
             page.fill("#new-item", before[0])
             page.click("#add")
+            # wait for the list that no longer holds the added item (the page may redraw more
+            # than once while the event is stored and the recommendations reload)
             page.wait_for_function(
-                "(top) => document.querySelector('#recs tr') && "
-                "document.querySelector('#recs tr').dataset.item !== top", arg=before[0], timeout=20_000)
+                "(top) => { const rows = [...document.querySelectorAll('#recs tr')];"
+                " return rows.length > 0 && !rows.some(r => r.dataset.item === top); }",
+                arg=before[0], timeout=20_000)
             after = [rows.nth(n).get_attribute("data-item") for n in range(rows.count())]
             assert before[0] not in after and after != before
             assert "stored (event" in page.locator("#add-status").inner_text()

@@ -11,7 +11,7 @@ import mgrec.mgr_build as mgr_build
 from mgrec.data.split import make_split
 from mgrec.data.synthetic import SyntheticConfig, make_synthetic
 from mgrec.mgr import MGR, MGRConfig
-from mgrec.optim import SplitAdamW, make_optimizer, sparse_parameters
+from mgrec.optim import LazyAdamW, SplitAdamW, make_optimizer, sparse_parameters
 
 SMALL = {"dim": 16, "max_len": 10, "max_friends": 5, "friend_len": 3, "batch_size": 128, "lr": 3e-3,
          "epochs": 2, "loss": "sampled_softmax", "n_negatives": 64, "item_item": "none"}
@@ -40,6 +40,33 @@ def test_split_adamw_touches_only_looked_up_rows():
     fresh.load_state_dict(state)
     torch.testing.assert_close(fresh.sparse.state_dict()["state"][0]["exp_avg"],
                                opt.sparse.state_dict()["state"][0]["exp_avg"])
+
+
+def test_lazy_adamw_is_sparse_adam_after_decoupled_decay_of_the_looked_up_rows():
+    torch.manual_seed(0)
+    ours = nn.Embedding(12, 3, sparse=True)
+    ref = nn.Embedding(12, 3, sparse=True)
+    ref.load_state_dict(ours.state_dict())
+    lr, wd = 0.05, 0.4
+    opt, ref_opt = LazyAdamW([ours.weight], lr=lr, weight_decay=wd), torch.optim.SparseAdam([ref.weight], lr=lr)
+    for ids in ([1, 3, 3, 7], [3, 5], [0, 1, 11, 11, 11]):  # duplicates within a step are summed
+        ids = torch.tensor(ids)
+        target = torch.arange(len(ids) * 3, dtype=torch.float32).reshape(-1, 3)
+        for table in (ours, ref):
+            table.weight.grad = None
+            ((table(ids) - target) ** 2).sum().backward()
+        opt.step()
+        with torch.no_grad():  # the reference: decay the looked-up rows, then SparseAdam
+            rows = ids.unique()
+            ref.weight[rows] *= 1 - lr * wd
+        ref_opt.step()
+        torch.testing.assert_close(ours.weight, ref.weight)
+    untouched = [i for i in range(12) if i not in (0, 1, 3, 5, 7, 11)]
+    assert (opt.state[ours.weight]["exp_avg"][untouched] == 0).all()
+    with pytest.raises(ValueError, match="sparse gradients"):
+        dense = nn.Embedding(4, 2)
+        dense(torch.tensor([1])).sum().backward()
+        LazyAdamW([dense.weight], lr=0.1).step()
 
 
 def test_sparse_ids_train_the_same_model_kind(data, monkeypatch, tmp_path):

@@ -4,20 +4,21 @@ With sparse id tables (``MGRConfig.sparse_ids``), a step's gradient of the user 
 embedding tables covers only the rows the step looked up. Dense AdamW would still read and
 write every row of every table on every step, so an epoch would cost ``O(steps x rows)``,
 quadratic in the data size. :class:`SplitAdamW` keeps AdamW (decoupled weight decay) for the
-dense parameters and uses :class:`torch.optim.SparseAdam` for the sparse tables, with the
-decoupled decay applied lazily, to the looked-up rows only (the "lazy Adam" convention of
-large-embedding trainers): per step the work is proportional to the rows touched.
+dense parameters and :class:`LazyAdamW` for the sparse tables: Adam's moments and the
+decoupled decay are updated for the looked-up rows only (the "lazy Adam" convention of
+large-embedding trainers), so per step the work is proportional to the rows touched.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["SplitAdamW", "make_optimizer", "sparse_parameters"]
+__all__ = ["LazyAdamW", "SplitAdamW", "make_optimizer", "sparse_parameters"]
 
 
 def sparse_parameters(module: nn.Module) -> list[nn.Parameter]:
@@ -29,8 +30,55 @@ def sparse_parameters(module: nn.Module) -> list[nn.Parameter]:
     return list(seen.values())
 
 
+class LazyAdamW(torch.optim.Optimizer):
+    """Adam with decoupled weight decay for sparse-gradient tables, touching looked-up rows only.
+
+    The update of a looked-up row is :class:`torch.optim.SparseAdam`'s (moments, bias
+    correction by the table's step count) after the row is decayed by ``1 - lr x
+    weight_decay``; rows a step does not look up keep their weights and moments. Compared to
+    SparseAdam it coalesces the gradient once and gathers and scatters the touched rows
+    (``index_select`` / ``index_copy_``) instead of masking the whole table, which is what a
+    step costs on tables of millions of rows. The state (``step``, ``exp_avg``,
+    ``exp_avg_sq`` per table) has SparseAdam's keys.
+    """
+
+    def __init__(self, params: Iterable[nn.Parameter], *, lr: float, weight_decay: float = 0.0,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay, "betas": betas, "eps": eps})
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> None:  # noqa: ARG002 - the Optimizer signature
+        for group in self.param_groups:
+            (beta1, beta2), lr, eps = group["betas"], group["lr"], group["eps"]
+            decay = 1.0 - lr * group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if not p.grad.is_sparse:
+                    raise ValueError("LazyAdamW takes sparse gradients (an nn.Embedding with sparse=True)")
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.tensor(0.0)
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                t = float(state["step"])
+                grad = p.grad.coalesce()  # one row per looked-up id, duplicates summed
+                rows, g = grad.indices()[0], grad.values()
+                m = state["exp_avg"].index_select(0, rows).lerp_(g, 1.0 - beta1)
+                v = state["exp_avg_sq"].index_select(0, rows).mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+                state["exp_avg"].index_copy_(0, rows, m)
+                state["exp_avg_sq"].index_copy_(0, rows, v)
+                step_size = lr * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
+                w = p.index_select(0, rows)
+                if decay != 1.0:
+                    w.mul_(decay)
+                w.addcdiv_(m, v.sqrt_().add_(eps), value=-step_size)
+                p.index_copy_(0, rows, w)
+
+
 class SplitAdamW:
-    """AdamW over ``dense`` and lazily decayed SparseAdam over ``sparse`` parameters, with
+    """AdamW over ``dense`` and :class:`LazyAdamW` over ``sparse`` parameters, with
     the optimiser interface the training loop and checkpoints use (``param_groups``,
     ``zero_grad``, ``step``, ``state_dict``, ``load_state_dict``; state indices run over the
     dense parameters first)."""
@@ -38,9 +86,8 @@ class SplitAdamW:
     def __init__(self, dense: Iterable[nn.Parameter], sparse: Iterable[nn.Parameter], *, lr: float,
                  weight_decay: float) -> None:
         dense, sparse = list(dense), list(sparse)
-        self.lr, self.weight_decay = float(lr), float(weight_decay)
         self.dense = torch.optim.AdamW(dense, lr=lr, weight_decay=weight_decay, fused=True) if dense else None
-        self.sparse = torch.optim.SparseAdam(sparse, lr=lr) if sparse else None
+        self.sparse = LazyAdamW(sparse, lr=lr, weight_decay=weight_decay) if sparse else None
         self._parts = [o for o in (self.dense, self.sparse) if o is not None]
 
     @property
@@ -53,16 +100,8 @@ class SplitAdamW:
 
     @torch.no_grad()
     def step(self) -> None:
-        if self.dense is not None:
-            self.dense.step()
-        if self.sparse is None:
-            return
-        decay = 1.0 - self.lr * self.weight_decay
-        for p in self.sparse.param_groups[0]["params"]:
-            if p.grad is not None and decay != 1.0:  # decoupled decay of the looked-up rows
-                rows = p.grad.coalesce().indices()[0].unique()
-                p.index_copy_(0, rows, p.index_select(0, rows) * decay)
-        self.sparse.step()
+        for o in self._parts:
+            o.step()
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[int, Any] = {}

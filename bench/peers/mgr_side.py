@@ -15,9 +15,11 @@ import json
 from pathlib import Path
 
 import torch
+from run_peers import KEY_METRICS, METRICS, warm_users
 
 from mgrec.benchmark import peak_rss_mb
 from mgrec.data.split import Split
+from mgrec.evaluation import evaluate_split
 from mgrec.experiment import ExperimentConfig, run_experiment
 
 
@@ -44,8 +46,11 @@ def main() -> None:
     if not same_split(run.split, saved):
         raise SystemExit(f"the split mgr was trained on differs from {args.work / 'split'}")
     rec = run.record
+    warm = evaluate_split(run.model, run.split, run.dataset, part="test", ks=(10,), metrics=METRICS,
+                          users=warm_users(run.split))
     result = {
         "library": "mgrec", "model": "mgr", "metrics": rec["test"], "valid_metrics": rec["valid"],
+        "metrics_warm": {k: round(float(v), 6) for k, v in warm.items() if k in KEY_METRICS or k == "n_users"},
         "epoch_seconds": rec.get("epoch_seconds"), "epochs": rec.get("epochs"),
         "total_seconds": rec["train_seconds"], "eval_seconds": rec["eval_seconds"],
         "self_peak_rss_mb": round(peak_rss_mb(), 1), "hyperparameters": rec["model_config"],

@@ -88,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--work", type=Path, default=Path("/tmp/mgrec-peers"), help="root of the work folders")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     ap.add_argument("--data-root", default=os.environ.get("MGREC_DATA"))
+    ap.add_argument("--rescore", action="store_true",
+                    help="score the lists kept in the work folders again and rewrite the report (no training)")
     return ap
 
 
@@ -171,16 +173,23 @@ def topn_recommender(lists: np.ndarray, users: np.ndarray, seen: Any, n_items: i
     return model
 
 
-def score_lists(lists: np.ndarray, users: np.ndarray, data: Any, split: Any) -> dict[str, float]:
+def score_lists(lists: np.ndarray, users: np.ndarray, data: Any, split: Any,
+                only: np.ndarray | None = None) -> dict[str, float]:
     """mgrec's test metrics of the lists (``mgrec.evaluation.evaluate_split``: truth = test,
-    valid items excluded, train items filtered)."""
+    valid items excluded, train items filtered), over every test user or the users ``only``."""
     from mgrec.data.dataset import to_csr
     from mgrec.evaluation import evaluate_split
 
     seen = to_csr(split.train, data.n_users, data.n_items)
     model = topn_recommender(lists, users, seen, data.n_items)
-    out = evaluate_split(model, split, data, part="test", ks=(10,), metrics=METRICS)
+    out = evaluate_split(model, split, data, part="test", ks=(10,), metrics=METRICS, users=only)
     return {k: round(float(v), 6) for k, v in out.items() if k in KEY_METRICS or k == "n_users"}
+
+
+def warm_users(split: Any) -> np.ndarray:
+    """Test users with at least one training interaction; the others are cold-start users,
+    whom only a model with user features (mgr, LightFM) can rank from what it knows of them."""
+    return np.intersect1d(split.test["user"].to_numpy(), split.train["user"].to_numpy())
 
 
 # ------------------------------------------------------------------------------ one row each
@@ -194,8 +203,11 @@ def run_peer(lib: str, model: str, work: Path, args: argparse.Namespace, data: A
            "--max-epochs", str(cap)]
     rss, wall = run_child(cmd, cwd=out, log=work / "runs" / f"{lib}-{model}.log", env=child_env(args.threads))
     result = json.loads((out / "result.json").read_text(encoding="utf-8"))
-    metrics = score_lists(np.load(out / "topn.npy"), np.load(out / "users.npy"), data, split)
-    return {**result, "metrics": metrics, "peak_rss_mb": round(rss, 1), "wall_seconds": round(wall, 2),
+    lists, users = np.load(out / "topn.npy"), np.load(out / "users.npy")
+    metrics = score_lists(lists, users, data, split)
+    warm = score_lists(lists, users, data, split, only=warm_users(split))
+    return {**result, "metrics": metrics, "metrics_warm": warm, "peak_rss_mb": round(rss, 1),
+            "wall_seconds": round(wall, 2),
             "epoch_cap": cap if lib == "recbole" else None}
 
 
@@ -253,7 +265,7 @@ def split_table(rows: list[dict[str, Any]]) -> list[str]:
     rows = sorted(rows, key=lambda r: order.index((r["library"], r["model"])))
     mgr = next((r for r in rows if r["library"] == "mgrec" and "metrics" in r), None)
     gcn = next((r for r in rows if (r["library"], r["model"]) == ("recbole", "lightgcn") and "metrics" in r), None)
-    head = ["library", "model", "NDCG@10", "Recall@10", "s/epoch", "epochs", "total s", "peak RSS MB",
+    head = ["library", "model", "NDCG@10", "Recall@10", "NDCG@10 warm", "s/epoch", "epochs", "total s", "peak RSS MB",
             "mgr/peer s/epoch", "mgr/peer NDCG@10", "mark"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -270,11 +282,21 @@ def split_table(rows: list[dict[str, Any]]) -> list[str]:
             if mgr and mgr["metrics"]["ndcg@10"] <= ndcg:
                 marks.append("**⚠ mgr not ahead**")
             ratios = [ratio(mgr and mgr.get("epoch_seconds"), epoch), ratio(mgr and mgr["metrics"]["ndcg@10"], ndcg)]
-        cells = [r["library"], r["model"], fmt(ndcg, 4), fmt(r["metrics"]["recall@10"], 4), fmt(epoch, 3),
+        warm = r.get("metrics_warm", {}).get("ndcg@10")
+        cells = [r["library"], r["model"], fmt(ndcg, 4), fmt(r["metrics"]["recall@10"], 4), fmt(warm, 4), fmt(epoch, 3),
                  str(r.get("epochs") or "-"), fmt(r.get("total_seconds"), 1), fmt(r.get("peak_rss_mb"), 0),
                  *ratios, " ".join(marks)]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
+
+
+def users_line(rows: list[dict[str, Any]]) -> str:
+    """How many test users a split has, and how many of them are cold (no training data)."""
+    row = next((r for r in rows if "metrics_warm" in r), None)
+    if row is None:
+        return ""
+    total, warm = row["metrics"]["n_users"], row["metrics_warm"]["n_users"]
+    return f"{total} test users, {total - warm} of them without any training interaction (cold)."
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -283,9 +305,11 @@ def markdown(report: dict[str, Any]) -> str:
              f"<!-- command: {report['command']} -->",
              f"Run {report['date']} at commit {report['git_commit']}; {report['machine']}.", ""]
     for protocol in dict.fromkeys(r["split"] for r in report["rows"]):
-        lines += [f"## split `{protocol}`, seed {report['seed']}", ""]
-        lines += split_table([r for r in report["rows"] if r["split"] == protocol]) + [""]
-    lines += ["Metrics: mgrec's evaluator on each library's top-100 lists (train and valid items excluded). "
+        rows = [r for r in report["rows"] if r["split"] == protocol]
+        lines += [f"## split `{protocol}`, seed {report['seed']}", "", users_line(rows), ""]
+        lines += split_table(rows) + [""]
+    lines += ["Metrics: mgrec's evaluator on each library's top-100 lists (train and valid items excluded); "
+              "NDCG@10 warm: over the test users with training interactions only. "
               "s/epoch: one training pass without validation (EASE: its one closed-form fit). "
               "total s: training including validation (implicit, LightFM: the whole grid). "
               "Peak RSS: each process's own. Hyperparameters and grids: the JSON file.", ""]
@@ -293,15 +317,20 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def write_report(out_dir: Path, dataset: str, rows: list[dict[str, Any]], args: argparse.Namespace) -> Path:
-    """Merge ``rows`` into ``OUT/peers-<dataset>.json`` and rewrite the markdown beside it."""
+    """Merge ``rows`` into ``OUT/peers-<dataset>.json`` and rewrite the markdown beside it
+    (``--rescore`` keeps the run's header and adds when and how it was re-scored)."""
     from mgrec.io import atomic_write_json, atomic_write_text
 
     path = out_dir / f"peers-{dataset}.json"
-    old = json.loads(path.read_text(encoding="utf-8"))["rows"] if path.is_file() else []
-    report = {"dataset": dataset, "seed": args.seed, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-              "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", *sys.argv]),
-              "git_commit": git_commit(), "machine": machine_note(args.threads), "threads": args.threads,
-              "rows": merge_rows(old, rows)}
+    old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"rows": []}
+    now = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", *sys.argv])
+    if args.rescore:
+        report = {**old, "rescored": f"{now}: {command}", "rows": rows}
+    else:
+        report = {"dataset": dataset, "seed": args.seed, "date": now, "command": command,
+                  "git_commit": git_commit(), "machine": machine_note(args.threads), "threads": args.threads,
+                  "rows": merge_rows(old["rows"], rows)}
     atomic_write_json(path, report)
     atomic_write_text(path.with_suffix(".md"), markdown(report))
     return path
@@ -334,8 +363,37 @@ def run_split(dataset: str, protocol: str, peers: list[tuple[str, str]], args: a
         write_report(args.out, dataset, rows, args)
 
 
+def rescore(dataset: str, args: argparse.Namespace) -> None:
+    """Score the rows of ``OUT/peers-<dataset>.json`` again from the lists kept in the work
+    folders (no training); mgr keeps no lists, so its row gains only what follows from its
+    metrics (warm = all when every test user is warm)."""
+    from export import prepare_split
+
+    path = args.out / f"peers-{dataset}.json"
+    if not path.is_file():
+        raise SystemExit(f"run_peers: error: nothing to re-score: {path} does not exist")
+    rows = json.loads(path.read_text(encoding="utf-8"))["rows"]
+    for protocol in dict.fromkeys(r["split"] for r in rows):
+        data, split = prepare_split(dataset, protocol, args.seed, args.data_root)
+        runs, warm = args.work / f"{dataset}-{protocol}-s{args.seed}" / "runs", warm_users(split)
+        for r in (r for r in rows if r["split"] == protocol and "metrics" in r):
+            lists = runs / f"{r['library']}-{r['model']}" / "topn.npy"
+            if lists.is_file():
+                users = np.load(lists.with_name("users.npy"))
+                r["metrics"] = score_lists(np.load(lists), users, data, split)
+                r["metrics_warm"] = score_lists(np.load(lists), users, data, split, only=warm)
+            elif "metrics_warm" not in r and len(warm) == r["metrics"]["n_users"]:
+                r["metrics_warm"] = dict(r["metrics"])
+    write_report(args.out, dataset, rows, args)
+    print(f"re-scored {path}")
+
+
 def main() -> None:
     args = build_parser().parse_args()
+    if args.rescore:
+        for dataset in (d.strip() for d in args.datasets.split(",") if d.strip()):
+            rescore(dataset, args)
+        return
     peers = parse_peers(args.peers)
     parse_caps(args.epoch_caps)  # fail before any work
     for lib in dict.fromkeys(lib for lib, _ in peers):

@@ -6,8 +6,9 @@ For each dataset and split: build the split as ``mgrec benchmark`` does, save an
 (``mgr_side.py``, the equivalent of ``mgrec benchmark --models mgr --no-tune``). Each peer
 writes its top-100 lists for the test users (train and valid items excluded, as mgrec does at
 test time); mgrec's own evaluator scores them, so every metric has one definition. Peak RSS
-is each child's own (``os.wait4``). Writes ``OUT/peers-<dataset>.json`` (rows merged with an
-earlier run's by split, library and model) and ``OUT/peers-<dataset>.md``. Usage::
+is each child's own (``os.wait4`` in a small launcher, see :data:`LAUNCHER`). Writes
+``OUT/peers-<dataset>.json`` (rows merged with an earlier run's by split, library and model)
+and ``OUT/peers-<dataset>.md``. Usage::
 
     .venv/bin/python bench/peers/run_peers.py --datasets ml-100k,lastfm-2k --splits random,temporal \\
         --seed 0 --out bench/results
@@ -112,8 +113,22 @@ def child_env(threads: int) -> dict[str, str]:
     return env
 
 
+#: Runs the command given after the file name and writes that process's peak RSS (KiB) to the
+#: file. On Linux a child's ``ru_maxrss`` starts at its parent's RSS when it forks (the old
+#: memory map's high-water mark is kept through ``exec``), so each child is started by this
+#: small launcher instead of by this (large) process: the floor is the launcher's ~10 MB.
+LAUNCHER = """
+import os, sys
+pid = os.posix_spawn(sys.argv[2], sys.argv[2:], os.environ)
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_child(cmd: list[str], *, cwd: Path, log: Path, env: dict[str, str]) -> tuple[float, float]:
-    """Run ``cmd`` to the end with its output in ``log``.
+    """Run ``cmd`` (an absolute executable first) to the end with its output in ``log``.
 
     Returns:
         ``(peak RSS in MB of that process alone, wall seconds)``.
@@ -122,16 +137,17 @@ def run_child(cmd: list[str], *, cwd: Path, log: Path, env: dict[str, str]) -> t
         PeerError: a non-zero exit (with the log's last line).
     """
     cwd.mkdir(parents=True, exist_ok=True)
+    rss_file = log.with_suffix(".maxrss")
+    rss_file.unlink(missing_ok=True)
     t0 = time.perf_counter()
     with open(log, "w", encoding="utf-8") as sink:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+        code = subprocess.run([sys.executable, "-c", LAUNCHER, str(rss_file), *cmd], cwd=cwd, env=env,
+                              stdout=sink, stderr=subprocess.STDOUT).returncode
     wall = time.perf_counter() - t0
-    if proc.returncode != 0:
+    if code != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or ["(no output)"]
-        raise PeerError(f"exit status {proc.returncode}: {tail[0]} (log: {log})")
-    return usage.ru_maxrss / 1024.0, wall  # ru_maxrss is in KiB on Linux
+        raise PeerError(f"exit status {code}: {tail[0]} (log: {log})")
+    return int(rss_file.read_text()) / 1024.0, wall  # ru_maxrss is in KiB on Linux
 
 
 # ------------------------------------------------------------------------------ scoring
@@ -214,7 +230,7 @@ def run_peer(lib: str, model: str, work: Path, args: argparse.Namespace, data: A
 def run_mgr(dataset: str, protocol: str, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     """mgr on the saved split in its own process (``mgr_side.py``); the row."""
     out = work / "runs" / "mgrec-mgr"
-    cmd = [sys.executable, str(HERE / "mgr_side.py"), "--dataset", dataset, "--split", protocol,
+    cmd = [str(Path(sys.executable).absolute()), str(HERE / "mgr_side.py"), "--dataset", dataset, "--split", protocol,
            "--seed", str(args.seed), "--work", str(work.resolve()), "--out", str(out.resolve()),
            "--threads", str(args.threads)]
     if args.data_root:

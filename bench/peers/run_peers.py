@@ -40,6 +40,8 @@ PEERS = [("recbole", "bpr"), ("recbole", "lightgcn"), ("recbole", "sasrec"), ("r
 SCRIPTS = {"recbole": "peer_recbole.py", "implicit": "peer_implicit.py", "lightfm": "peer_lightfm.py"}
 METRICS = ("ndcg", "recall", "hit", "mrr", "precision")
 KEY_METRICS = ("ndcg@10", "recall@10", "hit@10", "mrr@10", "precision@10")
+#: When this process started: names its entry in a report's ``runs``.
+RUN_STARTED = time.strftime("%Y-%m-%d %H:%M:%S %Z")
 #: A row is marked when mgr's epoch takes longer than this many RecBole LightGCN epochs.
 EPOCH_RATIO_BAR = 3.0
 
@@ -316,10 +318,10 @@ def users_line(rows: list[dict[str, Any]]) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    """The markdown file of one dataset: one table per split."""
-    lines = [f"# {report['dataset']}: mgr beside its peers", "",
-             f"<!-- command: {report['command']} -->",
-             f"Run {report['date']} at commit {report['git_commit']}; {report['machine']}.", ""]
+    """The markdown file of one dataset: the runs that made it, then one table per split."""
+    lines = [f"# {report['dataset']}: mgr beside its peers", "", f"Machine: {report['machine']}.", "", "Runs:"]
+    lines += [f"- {run['started']} at commit {run['git_commit']}: `{run['command']}`" for run in report["runs"]]
+    lines += [""]
     for protocol in dict.fromkeys(r["split"] for r in report["rows"]):
         rows = [r for r in report["rows"] if r["split"] == protocol]
         lines += [f"## split `{protocol}`, seed {report['seed']}", "", users_line(rows), ""]
@@ -332,21 +334,30 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def past_runs(old: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs an existing report records (a report from before ``runs`` existed: its one run)."""
+    if "runs" in old:
+        return list(old["runs"])
+    if "command" in old:
+        last = f"{old['date']} (its last row)"
+        return [{"started": last, "command": old["command"], "git_commit": old["git_commit"]}]
+    return []
+
+
 def write_report(out_dir: Path, dataset: str, rows: list[dict[str, Any]], args: argparse.Namespace) -> Path:
-    """Merge ``rows`` into ``OUT/peers-<dataset>.json`` and rewrite the markdown beside it
-    (``--rescore`` keeps the run's header and adds when and how it was re-scored)."""
+    """Merge ``rows`` into ``OUT/peers-<dataset>.json`` (``--rescore``: replace them), add this run
+    to the report's ``runs`` and rewrite the markdown beside it."""
     from mgrec.io import atomic_write_json, atomic_write_text
 
     path = out_dir / f"peers-{dataset}.json"
     old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"rows": []}
-    now = time.strftime("%Y-%m-%d %H:%M:%S %Z")
-    command = " ".join(shlex.quote(a) for a in [".venv/bin/python", *sys.argv])
-    if args.rescore:
-        report = {**old, "rescored": f"{now}: {command}", "rows": rows}
-    else:
-        report = {"dataset": dataset, "seed": args.seed, "date": now, "command": command,
-                  "git_commit": git_commit(), "machine": machine_note(args.threads), "threads": args.threads,
-                  "rows": merge_rows(old["rows"], rows)}
+    run = {"started": RUN_STARTED, "command": " ".join(shlex.quote(a) for a in [".venv/bin/python", *sys.argv]),
+           "git_commit": git_commit()}
+    runs = [r for r in past_runs(old) if r["started"] != RUN_STARTED] + [run]
+    report = {"dataset": dataset, "seed": args.seed, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+              "command": run["command"], "git_commit": run["git_commit"],
+              "machine": machine_note(args.threads), "threads": args.threads, "runs": runs,
+              "rows": rows if args.rescore else merge_rows(old["rows"], rows)}
     atomic_write_json(path, report)
     atomic_write_text(path.with_suffix(".md"), markdown(report))
     return path
@@ -365,7 +376,7 @@ def run_split(dataset: str, protocol: str, peers: list[tuple[str, str]], args: a
     jobs = [] if args.skip_mgr else [("mgrec", "mgr")]
     rows: list[dict[str, Any]] = []
     for lib, model in jobs + peers:
-        started = time.strftime("%H:%M:%S")
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
         try:
             row = run_mgr(dataset, protocol, work, args) if lib == "mgrec" else \
                 run_peer(lib, model, work, args, data, split)

@@ -1,4 +1,4 @@
-"""RecBole 1.2.1 (BPR, LightGCN, SASRec, EASE, MultiVAE) on an exported split; runs in
+"""RecBole 1.2.1 (BPR, LightGCN, SASRec, EASE, MultiVAE, and Pop as a floor) on an exported split; runs in
 ``.peers/recbole`` with ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``.
 
 RecBole reads our exact split through its pre-split benchmark files (``benchmark_filename:
@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import peer_common as pc
 
-MODELS = {"bpr": "BPR", "lightgcn": "LightGCN", "sasrec": "SASRec", "ease": "EASE", "multivae": "MultiVAE"}
+MODELS = {"bpr": "BPR", "lightgcn": "LightGCN", "sasrec": "SASRec", "ease": "EASE", "multivae": "MultiVAE",
+          "pop": "Pop"}
 SEQUENTIAL = {"sasrec"}
 
 

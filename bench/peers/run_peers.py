@@ -36,7 +36,7 @@ sys.path.insert(0, str(HERE))
 
 #: Every (library, model) pair, in table order.
 PEERS = [("recbole", "bpr"), ("recbole", "lightgcn"), ("recbole", "sasrec"), ("recbole", "ease"),
-         ("recbole", "multivae"), ("implicit", "als"), ("implicit", "bpr"), ("lightfm", "warp")]
+         ("recbole", "multivae"), ("recbole", "pop"), ("implicit", "als"), ("implicit", "bpr"), ("lightfm", "warp")]
 SCRIPTS = {"recbole": "peer_recbole.py", "implicit": "peer_implicit.py", "lightfm": "peer_lightfm.py"}
 METRICS = ("ndcg", "recall", "hit", "mrr", "precision")
 KEY_METRICS = ("ndcg@10", "recall@10", "hit@10", "mrr@10", "precision@10")

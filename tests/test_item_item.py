@@ -55,7 +55,7 @@ def fitted():
 def test_scale_is_chosen_on_validation_and_scores_add_up(fitted):
     ds, split, model = fitted
     assert model.behavior_mode_ == "set"
-    assert set(model.item_item_valid_) == {f"{a:g}" for a in RELATIVE_SCALES}
+    assert set(model.item_item_valid_) == {"0"} | {f"20/{a:g}" for a in RELATIVE_SCALES if a > 0}
     best = max(model.item_item_valid_.values())
     assert model.best_valid_ == pytest.approx(best)
     info = model.fit_info()
@@ -130,6 +130,32 @@ def test_auto_is_off_for_sequences_and_config_errors():
     assert model.behavior_mode_ == "sequence" and model.item_item_ is None and not model.item_item_valid_
     with pytest.raises(ValueError, match="item_item"):
         MGRConfig(item_item="slim")
-    with pytest.raises(ValueError, match="item_item_reg"):
-        MGRConfig(item_item_reg=0.0)
+    for bad in (0.0, [], [10.0, -1.0]):
+        with pytest.raises(ValueError, match="item_item_reg"):
+            MGRConfig(item_item_reg=bad)
+    with pytest.raises(ConfigError, match="item_item_reg"):
+        MGR({"item_item_reg": ["a"]})
     assert isinstance(ItemItemPart(np.eye(2, dtype=np.float32), np.eye(2, dtype=np.float32)).scale, float)
+
+
+def test_several_penalties_are_chosen_on_validation_with_the_scale(tmp_path):
+    ds = make_synthetic(SyntheticConfig(n_users=200, n_items=120, mean_events=15), seed=1)
+    split = make_split(ds, "random", seed=1)
+    model = MGR({**SMALL, "item_item": "ease", "item_item_reg": [2.0, 500.0], "item_item_rank": 40},
+                seed=1).fit(ds, split.train, split.valid)
+    valid = model.item_item_valid_
+    assert set(valid) == {"0"} | {f"{r:g}/{a:g}" for r in (2.0, 500.0) for a in RELATIVE_SCALES if a > 0}
+    best_key = max(valid, key=valid.get)
+    assert model.best_valid_ == pytest.approx(valid[best_key])
+    info = model.fit_info()
+    if best_key == "0":
+        assert model.item_item_ is None and info["item_item_reg"] is None
+        return
+    reg = float(best_key.split("/")[0])
+    assert model.item_item_reg_ == reg and info["item_item_reg"] == reg
+    refit = fit_item_item(model.seen_, reg, 40)  # the kept part is that penalty's EASE
+    np.testing.assert_allclose(model.item_item_.left @ model.item_item_.right.T, refit.left @ refit.right.T,
+                               atol=1e-5)
+    model.save(tmp_path / "m")
+    loaded = MGR.load(tmp_path / "m")
+    assert loaded.item_item_reg_ == reg and loaded.item_item_valid_ == pytest.approx(valid)

@@ -8,9 +8,10 @@ non-linear bottleneck; on unordered data (a random split) the two make complemen
 The part keeps scoring a dot product: ``B ~ L R^T`` (exactly ``L = B``, ``R = I`` for a
 catalogue up to ``max_rank`` items, else the top ``max_rank`` singular triplets), so the
 model's user and item vectors simply gain the blocks ``scale * x_u L`` and ``R_v``, and a
-matmul or a MIPS index still ranks the catalogue. ``scale`` is chosen on the validation split
-after the network is trained (:func:`scale_grid`), in units of the ratio of the two parts'
-score spreads; ``0`` switches the part off.
+matmul or a MIPS index still ranks the catalogue. ``scale`` (and EASE's penalty, when several
+are configured) is chosen on the validation split after the network is trained
+(:func:`scale_grid`), in units of the ratio of the two parts' score spreads; ``0`` switches
+the part off.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ __all__ = ["ItemItemPart", "fit_item_item", "scale_grid", "RELATIVE_SCALES"]
 logger = logging.getLogger(__name__)
 
 #: Candidate weights of the linear part relative to the neural part (score spread ratio).
-RELATIVE_SCALES = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)
+RELATIVE_SCALES = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 @dataclass

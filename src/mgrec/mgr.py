@@ -92,6 +92,7 @@ class MGR(ServingMixin, Recommender):
         self.best_epoch_, self.best_valid_ = 0, float("nan")
         self.item_item_: ItemItemPart | None = None
         self.item_item_valid_: dict[str, float] = {}
+        self.item_item_reg_: float | None = None
         self._init_serving()
         self._reset_vector_cache()
 
@@ -112,7 +113,7 @@ class MGR(ServingMixin, Recommender):
         self._set_ids(dataset.users.ids, dataset.items.ids)
         self.base_items_ = dataset.n_items
         self._extra_vectors = None
-        self.item_item_, self.item_item_valid_ = None, {}
+        self.item_item_, self.item_item_valid_, self.item_item_reg_ = None, {}, None
         with torch_threads(cfg.threads):
             self.net_ = build_net(self.spec_, self.context_, self.items_, seed=self.seed)
             self._train(train, valid)
@@ -292,35 +293,47 @@ class MGR(ServingMixin, Recommender):
         return bpr_loss(scores[:, 0], scores[:, 1:], mask=neg != target.unsqueeze(1))
 
     def _fit_item_item(self, valid: pd.DataFrame | None) -> None:
-        """Fit the linear item-item part and choose its scale on ``valid`` (see
-        :mod:`mgrec.item_item`); the part is dropped when scale 0 validates best."""
+        """Fit the linear item-item part for each configured penalty and choose the penalty and
+        the scale on ``valid`` (see :mod:`mgrec.item_item`); the part is dropped when scale 0
+        validates best. ``item_item_valid_`` maps ``"0"`` (off) and ``"<reg>/<relative scale>"``
+        to the validation NDCG@10."""
         cfg = self.config
         auto = cfg.item_item == "auto" and self.behavior_mode_ == "set" and self.n_items_ <= ITEM_ITEM_MAX_ITEMS
         if not (cfg.item_item == "ease" or auto) or "behavior" not in self.granularities_:
             return
         assert self.seen_ is not None
-        part = fit_item_item(self.seen_, cfg.item_item_reg, cfg.item_item_rank)
         rng = np.random.default_rng(self.seed)
         sample = np.sort(rng.choice(self.n_users_, min(512, self.n_users_), replace=False))
-        scales = scale_grid(self.score(sample), part.scores(self.seen_[sample], self.n_items_))
+        neural = self.score(sample)
         scorer = validation_scorer(self, valid, metric="ndcg@10")
-        if scorer is None:  # nothing to choose on: equal spreads
-            part.scale = scales[RELATIVE_SCALES.index(1.0)]
-            self.item_item_ = part if part.scale > 0 else None
+        regs = cfg.item_item_regs
+        if scorer is None:  # nothing to choose on: the first penalty at equal spreads
+            part = fit_item_item(self.seen_, regs[0], cfg.item_item_rank)
+            part.scale = scale_grid(neural, part.scores(self.seen_[sample], self.n_items_))[RELATIVE_SCALES.index(1.0)]
+            self.item_item_, self.item_item_reg_ = (part, regs[0]) if part.scale > 0 else (None, None)
             return
-        best, best_scale = -math.inf, 0.0
-        for rel, scale in zip(RELATIVE_SCALES, scales, strict=True):
-            part.scale = scale
-            self.item_item_ = part if scale > 0 else None
-            score = scorer()
-            self.item_item_valid_[f"{rel:g}"] = score
-            if score > best:
-                best, best_scale = score, scale
-        part.scale = best_scale
-        self.item_item_ = part if best_scale > 0 else None
+        best, kept, kept_reg = scorer(), None, None  # scale 0: the network alone
+        self.item_item_valid_["0"] = best
+        for reg in regs:
+            part = fit_item_item(self.seen_, reg, cfg.item_item_rank)
+            scales = scale_grid(neural, part.scores(self.seen_[sample], self.n_items_))
+            best_scale = 0.0
+            for rel, scale in zip(RELATIVE_SCALES, scales, strict=True):
+                if scale <= 0:
+                    continue
+                part.scale, self.item_item_ = scale, part
+                score = scorer()
+                self.item_item_valid_[f"{reg:g}/{rel:g}"] = score
+                if score > best:
+                    best, best_scale = score, scale
+            if best_scale > 0:
+                part.scale = best_scale
+                kept, kept_reg = part, reg
+            self.item_item_ = None
+        self.item_item_, self.item_item_reg_ = kept, kept_reg
         if math.isfinite(best):
             self.best_valid_ = best
-        logger.info("mgr: item-item part, relative scale -> valid ndcg@10 %s", self.item_item_valid_)
+        logger.info("mgr: item-item part, penalty/relative scale -> valid ndcg@10 %s", self.item_item_valid_)
 
     def fit_info(self) -> dict[str, Any]:
         """What training chose: the best epoch, its validation NDCG@10, the item-item part's
@@ -329,6 +342,7 @@ class MGR(ServingMixin, Recommender):
                 "best_valid": None if math.isnan(self.best_valid_) else round(self.best_valid_, 6),
                 "item_item_valid": {k: round(v, 6) for k, v in self.item_item_valid_.items()},
                 "item_item_scale": None if self.item_item_ is None else self.item_item_.scale,
+                "item_item_reg": self.item_item_reg_,
                 "sparse_ids": bool(self.spec_.get("sparse_ids", False))}
 
     def _item_item_scores(self, users: np.ndarray) -> np.ndarray | None:
@@ -367,7 +381,7 @@ class MGR(ServingMixin, Recommender):
             "epochs_run": len(self.history_), "granularities": self.granularities_,
             "behavior_mode": self.behavior_mode_, "spec": self.spec_, "context": ctx_state,
             "item_item_scale": None if self.item_item_ is None else self.item_item_.scale,
-            "item_item_valid": self.item_item_valid_,
+            "item_item_valid": self.item_item_valid_, "item_item_reg": self.item_item_reg_,
             "item_encoder": self.item_encoder_.to_state() if self.item_encoder_ else None,
             **self._serving_meta(),
         }
@@ -408,6 +422,7 @@ class MGR(ServingMixin, Recommender):
         self.net_.eval()
         scale = meta.get("item_item_scale")
         self.item_item_valid_ = dict(meta.get("item_item_valid") or {})
+        self.item_item_reg_ = meta.get("item_item_reg")
         self.item_item_ = None if scale is None else ItemItemPart(
             np.array(arrays["item_item/left"], dtype=np.float32), np.array(arrays["item_item/right"], dtype=np.float32),
             float(scale))

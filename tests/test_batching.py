@@ -51,8 +51,9 @@ def test_default_batch_is_latest_history_left_padded():
     assert b.hist_items.tolist() == [[1, 2], [3, 0], [PAD_I, PAD_I]]
     assert b.hist_times.tolist() == [[200, 300], [150, 250], [0, 0]]
     assert b.hist_weights.tolist() == [[1, 5], [2, 4], [0, 0]]
-    assert b.time[:2].tolist() == [301, 251] and math.isnan(float(b.time[2]))
-    assert b.users.tolist() == [0, 1, 2]
+    # u2 has no events: served at the model's "now", the latest event + 1 s
+    assert b.time.tolist() == [301, 251, 301]
+    assert b.users.tolist() == [0, 1, 2] and cb.trained.tolist() == [True, True, False]
     assert cb.t_min == 100 and cb.t_max == 300
 
 
@@ -184,6 +185,43 @@ def test_state_round_trip():
         for name in a.__dataclass_fields__:
             x, y = getattr(a, name), getattr(b, name)
             assert x.dtype == y.dtype and np.array_equal(x.numpy(), y.numpy(), equal_nan=True), name
+
+
+def test_trained_flags_survive_saving_and_old_states_derive_them():
+    cb = _builder(_dataset())
+    later = cb.with_events(np.array([2]), np.array([4]), np.array([400.0]))  # u2 gets a history, not a trained id
+    assert later.trained.tolist() == [True, True, False] and later.batch(np.array([2])).time.tolist() == [401]
+    state, arrays = cb.to_state()
+    assert ContextBuilder.from_state(state, arrays).trained.tolist() == [True, True, False]
+    old = {k: v for k, v in arrays.items() if k != "trained"}
+    assert ContextBuilder.from_state(state, old).trained.tolist() == [True, True, False]
+    with pytest.raises(ValueError, match="saved sizes"):
+        ContextBuilder.from_state(state, {**arrays, "trained": np.ones(5, np.uint8)})
+
+
+def test_an_untrained_user_id_reads_as_the_unknown_user():
+    """A user without training events (new in a temporal split's test period) is encoded
+    from the profile alone, as the unknown user row, not from an id row that never trained."""
+    import torch
+
+    from mgrec.encoders.user import UserEncoder
+
+    cb = _builder(_dataset())
+    ua = cb.user_arrays
+    enc = UserEncoder(3, 4, cat_cardinalities=ua.cardinalities, n_numeric=ua.num.shape[1],
+                      n_bag_tokens=ua.n_bag_tokens, missing_columns=range(1, ua.num.shape[1], 2),
+                      trained=cb.trained).eval()
+    torch.nn.init.normal_(enc.id_embedding.weight)  # every id row non-zero, as if trained
+    batch = cb.batch(np.array([0, 2]))
+    vec, present = enc(batch)
+    unknown = cb.batch(np.array([0, 2]))
+    unknown.users[:] = 3
+    vec_unknown, _ = enc(unknown)
+    torch.testing.assert_close(vec[1], vec_unknown[1])  # u2: profile only
+    assert not torch.allclose(vec[0], vec_unknown[0])  # u0's id counts
+    assert present.tolist() == [True, False]  # u2 has no profile value either
+    with pytest.raises(ValueError, match="one flag per user"):
+        UserEncoder(3, 4, cat_cardinalities=[], n_numeric=0, n_bag_tokens=0, trained=[True])
 
 
 def test_no_leakage_against_a_naive_loop():

@@ -15,6 +15,7 @@ from mgrec.data.synthetic import SyntheticConfig, make_synthetic
 from mgrec.errors import ConfigError, DataError
 from mgrec.evaluation import evaluate_split
 from mgrec.mgr import MGR, MGRConfig, resolve_behavior_mode
+from mgrec.mgr_config import resolve_cold_dropout
 
 SMALL = {"dim": 16, "max_len": 10, "max_friends": 5, "friend_len": 3, "batch_size": 256, "lr": 3e-3}
 
@@ -292,3 +293,19 @@ def test_cold_dropout_trains_batches_without_history(data, monkeypatch):
     assert drops and all(d == frozenset() for d in drops)
     with pytest.raises(ValueError, match="cold_dropout"):
         MGRConfig(cold_dropout=1.0)
+    with pytest.raises(ValueError, match="cold_dropout"):
+        MGRConfig(cold_dropout="sometimes")
+
+
+def test_auto_cold_dropout_is_the_share_of_users_without_training_events(data):
+    ds, split = data
+    train = split.train
+    assert resolve_cold_dropout(MGRConfig(), ds.n_users, train) == 0.0  # every user has events
+    users = train["user"].unique()
+    fewer = train[train["user"].isin(users[: int(0.8 * len(users))])]
+    assert resolve_cold_dropout(MGRConfig(), ds.n_users, fewer) == pytest.approx(
+        1 - fewer["user"].nunique() / ds.n_users)
+    assert resolve_cold_dropout(MGRConfig(), ds.n_users, train[train["user"] < 10]) == 0.5  # capped
+    assert resolve_cold_dropout(MGRConfig(cold_dropout=0.3), ds.n_users, train) == 0.3
+    model = MGR({**SMALL, "epochs": 1}, seed=0).fit(ds, fewer, split.valid)
+    assert model.fit_info()["cold_dropout"] == pytest.approx(1 - fewer["user"].nunique() / ds.n_users)

@@ -74,6 +74,9 @@ class ContextBuilder:
         self.times = ts[order]
         self.weights = history["weight"].to_numpy(np.float32)[order]
         self.indptr = np.concatenate([[0], np.cumsum(np.bincount(u, minlength=self.n_users))]).astype(np.int64)
+        # users with training events: only their ids were trained (events added later through
+        # with_events() give a history, not a trained id)
+        self.trained = np.diff(self.indptr) > 0
         self.t_min = float(ts.min()) if self.has_time and len(ts) else math.nan
         self.t_max = float(ts.max()) if self.has_time and len(ts) else math.nan
         self.friends = self._friend_table(dataset)
@@ -203,8 +206,10 @@ class ContextBuilder:
         return self._last_plus_one(start, n)
 
     def _last_plus_one(self, start: np.ndarray, n: np.ndarray) -> np.ndarray:
+        """The user's last event + 1 s; for a user without events, the latest known event + 1 s
+        (the model's "now": a user new since training is served after it)."""
         last = self.times[np.maximum(start + n - 1, 0)].astype(np.float64) + 1.0
-        return np.where(n > 0, last, np.nan)
+        return np.where(n > 0, last, self.t_max + 1.0)
 
     def _window(
         self, start: np.ndarray, end: np.ndarray, exclude: np.ndarray | None
@@ -408,7 +413,8 @@ class ContextBuilder:
         }
         arrays = {"indptr": self.indptr, "items": self.items, "times": self.times,
                   "weights": self.weights, "friends": self.friends, "user_cat": ua.cat,
-                  "user_num": ua.num, "user_bag_idx": ua.bag_idx, "user_bag_w": ua.bag_w}
+                  "user_num": ua.num, "user_bag_idx": ua.bag_idx, "user_bag_w": ua.bag_w,
+                  "trained": self.trained.astype(np.uint8)}
         return state, arrays
 
     @classmethod
@@ -426,10 +432,13 @@ class ContextBuilder:
         self.indptr, self.items = a["indptr"].astype(np.int64), a["items"].astype(np.int64)
         self.times, self.weights = a["times"].astype(np.int64), a["weights"].astype(np.float32)
         self.friends = a["friends"].astype(np.int64)
+        # models saved before the flag: every user with a saved event was trained
+        self.trained = a["trained"].astype(bool) if "trained" in a else np.diff(self.indptr) > 0
         self.user_arrays = FeatureArrays(a["user_cat"].astype(np.int64), a["user_num"].astype(np.float32),
                                          a["user_bag_idx"].astype(np.int64), a["user_bag_w"].astype(np.float32),
                                          [int(c) for c in state["cardinalities"]], int(state["n_bag_tokens"]))
-        if self.indptr.shape != (self.n_users + 1,) or self.friends.shape != (self.n_users, self.max_friends):
+        if (self.indptr.shape != (self.n_users + 1,) or self.friends.shape != (self.n_users, self.max_friends)
+                or self.trained.shape != (self.n_users,)):
             raise ValueError("context arrays do not match the saved sizes")
         return self
 

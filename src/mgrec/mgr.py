@@ -40,7 +40,7 @@ from mgrec.feature_arrays import ItemArrays, build_item_arrays
 from mgrec.item_item import RELATIVE_SCALES, ItemItemPart, fit_item_item, scale_grid
 from mgrec.losses import bpr_loss, sampled_softmax_loss, softmax_loss
 from mgrec.mgr_build import build_net, net_spec
-from mgrec.mgr_config import MGRConfig, resolve_behavior_mode, resolve_granularities
+from mgrec.mgr_config import MGRConfig, resolve_behavior_mode, resolve_cold_dropout, resolve_granularities
 from mgrec.mgr_serving import ServingMixin
 from mgrec.optim import make_optimizer, sparse_parameters
 from mgrec.recommender import Recommender
@@ -93,6 +93,7 @@ class MGR(ServingMixin, Recommender):
         self.item_item_: ItemItemPart | None = None
         self.item_item_valid_: dict[str, float] = {}
         self.item_item_reg_: float | None = None
+        self.cold_dropout_ = 0.0
         self._init_serving()
         self._reset_vector_cache()
 
@@ -102,6 +103,7 @@ class MGR(ServingMixin, Recommender):
         self._reset_vector_cache()
         self.granularities_ = resolve_granularities(cfg, dataset)
         self.behavior_mode_ = resolve_behavior_mode(cfg, dataset, train, valid)
+        self.cold_dropout_ = resolve_cold_dropout(cfg, dataset.n_users, train)
         uf = _encode(dataset.user_features) if "user" in self.granularities_ else None
         itf = _encode(dataset.item_features) if "item" in self.granularities_ else None
         self.context_ = ContextBuilder(dataset, train, max_len=cfg.max_len, max_friends=cfg.max_friends,
@@ -264,7 +266,7 @@ class MGR(ServingMixin, Recommender):
         cfg, net = self.config, self.net_
         assert net is not None
         drop: frozenset[str] = frozenset()
-        if cfg.cold_dropout > 0 and float(torch.rand(1, generator=gen)) < cfg.cold_dropout:
+        if self.cold_dropout_ > 0 and float(torch.rand(1, generator=gen)) < self.cold_dropout_:
             # train this batch as new users: no history and no id, only profile, friends, time
             drop = frozenset({"behavior", "item"})
             assert self.context_ is not None
@@ -342,7 +344,7 @@ class MGR(ServingMixin, Recommender):
                 "best_valid": None if math.isnan(self.best_valid_) else round(self.best_valid_, 6),
                 "item_item_valid": {k: round(v, 6) for k, v in self.item_item_valid_.items()},
                 "item_item_scale": None if self.item_item_ is None else self.item_item_.scale,
-                "item_item_reg": self.item_item_reg_,
+                "item_item_reg": self.item_item_reg_, "cold_dropout": self.cold_dropout_,
                 "sparse_ids": bool(self.spec_.get("sparse_ids", False))}
 
     def _item_item_scores(self, users: np.ndarray) -> np.ndarray | None:
@@ -382,6 +384,7 @@ class MGR(ServingMixin, Recommender):
             "behavior_mode": self.behavior_mode_, "spec": self.spec_, "context": ctx_state,
             "item_item_scale": None if self.item_item_ is None else self.item_item_.scale,
             "item_item_valid": self.item_item_valid_, "item_item_reg": self.item_item_reg_,
+            "cold_dropout": self.cold_dropout_,
             "item_encoder": self.item_encoder_.to_state() if self.item_encoder_ else None,
             **self._serving_meta(),
         }
@@ -423,6 +426,7 @@ class MGR(ServingMixin, Recommender):
         scale = meta.get("item_item_scale")
         self.item_item_valid_ = dict(meta.get("item_item_valid") or {})
         self.item_item_reg_ = meta.get("item_item_reg")
+        self.cold_dropout_ = float(meta.get("cold_dropout", 0.0))
         self.item_item_ = None if scale is None else ItemItemPart(
             np.array(arrays["item_item/left"], dtype=np.float32), np.array(arrays["item_item/right"], dtype=np.float32),
             float(scale))

@@ -107,7 +107,7 @@ def build_net(spec: dict[str, Any], ctx: ContextBuilder, items: ItemArrays, *, s
         encoders["user"] = UserEncoder(
             n_users, dim, cat_cardinalities=su["cardinalities"], n_numeric=su["n_numeric"],
             n_bag_tokens=su["n_bag_tokens"], id_dropout=spec["id_dropout"],
-            missing_columns=list(range(1, su["n_numeric"], 2)), sparse_ids=sparse)
+            missing_columns=list(range(1, su["n_numeric"], 2)), sparse_ids=sparse, trained=ctx.trained)
     if "item" in grans:
         encoders["item"] = ItemContentEncoder(tower, dim)
     if "behavior" in grans:

@@ -15,7 +15,10 @@ from mgrec.encoders.base import GRANULARITIES
 from mgrec.errors import ConfigError
 from mgrec.losses import LOSSES
 
-__all__ = ["MGRConfig", "resolve_granularities", "resolve_behavior_mode"]
+__all__ = ["MGRConfig", "resolve_granularities", "resolve_behavior_mode", "resolve_cold_dropout"]
+
+#: The most ``cold_dropout: auto`` trains as new users.
+MAX_AUTO_COLD_DROPOUT = 0.5
 
 logger = logging.getLogger("mgrec.mgr")
 
@@ -50,7 +53,9 @@ class MGRConfig:
         cold_dropout: probability that a training batch is encoded as if its users were new:
             the history granularities (``behavior``, ``item``) count as absent and the user id
             is unknown, so the fusion also learns to rank from profile, friends and time alone
-            (cold-start users).
+            (cold-start users). ``auto``: the share of the dataset's users without a training
+            event (the users the model will serve cold, e.g. those new in a temporal split's
+            later periods), at most 0.5; 0 when every user has training events.
         linear: set mode: add a linear item-item path (untied input embeddings) to the
             behavior granularity.
         item_item: the behaviour granularity's linear item-item part (:mod:`mgrec.item_item`):
@@ -95,7 +100,7 @@ class MGRConfig:
     id_dropout: float = 0.1
     dropout: float = 0.2
     hist_dropout: float = 0.5
-    cold_dropout: float = 0.0
+    cold_dropout: float | str = "auto"
     linear: bool = False
     item_item: str = "auto"
     item_item_reg: float | list[float] = field(default_factory=lambda: [50.0, 250.0, 1000.0])
@@ -128,7 +133,11 @@ class MGRConfig:
         if self.lr <= 0 or self.weight_decay < 0 or self.threads < 0 or min(self.item_item_regs, default=0) <= 0:
             raise ValueError("lr and every item_item_reg must be > 0 (and at least one given), "
                              "weight_decay and threads >= 0")
+        if isinstance(self.cold_dropout, str) and self.cold_dropout != "auto":
+            raise ValueError(f"cold_dropout must be 'auto' or a number in [0, 1), got {self.cold_dropout!r}")
         for name in ("id_dropout", "dropout", "hist_dropout", "cold_dropout"):
+            if name == "cold_dropout" and self.cold_dropout == "auto":
+                continue
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
 
@@ -178,3 +187,14 @@ def resolve_behavior_mode(cfg: MGRConfig, dataset: Dataset, train: pd.DataFrame,
     logger.info("mgr: %.1f%% of validation events follow the user's training events: %s mode",
                 100 * later.mean(), mode)
     return mode
+
+
+def resolve_cold_dropout(cfg: MGRConfig, n_users: int, train: pd.DataFrame) -> float:
+    """``cfg.cold_dropout``, with ``auto`` resolved to the share of the ``n_users`` users who
+    have no event in ``train`` (at most :data:`MAX_AUTO_COLD_DROPOUT`)."""
+    if cfg.cold_dropout != "auto":
+        return float(cfg.cold_dropout)
+    if n_users == 0:
+        return 0.0
+    share = 1.0 - len(np.unique(train["user"].to_numpy())) / n_users
+    return float(min(MAX_AUTO_COLD_DROPOUT, max(share, 0.0)))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,8 +20,10 @@ class UserEncoder(nn.Module):
 
     The vector is ``id_u + sum_f E_f[cat_f] + bag(user_bag, user_bag_w) + W num``. Row
     ``n_users`` of the id table is zero (unknown user), so a cold user is represented by
-    profile features alone. While training, each row's id is dropped with probability
-    ``id_dropout`` (from ``self.generator``), so the profile part learns to stand in for it.
+    profile features alone; so is a user whose id never trained (``trained`` False: no training
+    events, e.g. a user new in a temporal split's test period). While training, each row's id
+    is dropped with probability ``id_dropout`` (from ``self.generator``), so the profile part
+    learns to stand in for it.
 
     ``present`` is True for a known user (whose id was not dropped) or for any user with a
     profile feature: a non-zero categorical code, a positive bag weight, or a non-zero
@@ -38,6 +41,7 @@ class UserEncoder(nn.Module):
         missing_columns: indices of ``user_num`` columns that are missing indicators (as in
             :meth:`EncodedFeatures.numeric_matrix`, the odd columns); they are projected like
             the others but do not make a row present.
+        trained: ``(n_users,)`` which users' ids are trained (default: all).
     """
 
     granularity = "user"
@@ -53,6 +57,7 @@ class UserEncoder(nn.Module):
         id_dropout: float = 0.0,
         missing_columns: Sequence[int] = (),
         sparse_ids: bool = False,
+        trained: Sequence[bool] | None = None,
     ) -> None:
         super().__init__()
         if n_users < 1 or dim < 1:
@@ -76,11 +81,18 @@ class UserEncoder(nn.Module):
                 raise ValueError(f"missing column {c} is not in 0..{self.n_numeric - 1}")
             value_cols[int(c)] = False
         self.register_buffer("value_columns", value_cols, persistent=False)
+        known = torch.ones(n_users + 1, dtype=torch.bool)
+        if trained is not None:
+            if len(trained) != n_users:
+                raise ValueError(f"trained must have one flag per user ({n_users}), got {len(trained)}")
+            known[:n_users] = torch.as_tensor(np.asarray(trained, dtype=bool))
+        known[n_users] = False
+        self.register_buffer("trained_ids", known, persistent=False)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns ``(vectors (B, D), present (B,) bool)``."""
         users = batch.users
-        known = users != self.n_users
+        known = self.trained_ids[users]
         if self.training and self.id_dropout > 0.0:
             known = known & bernoulli_keep(users.shape, 1.0 - self.id_dropout, self.generator,
                                            users.device)

@@ -187,6 +187,13 @@ def test_state_round_trip():
             assert x.dtype == y.dtype and np.array_equal(x.numpy(), y.numpy(), equal_nan=True), name
 
 
+def test_without_social_data_every_friend_slot_is_padding():
+    ds = _dataset()
+    lonely = Dataset(ds.name, ds.users, ds.items, ds.interactions, user_features=ds.user_features)
+    b = _builder(lonely).batch(np.array([0, 1, 2]))
+    assert (b.friends == 3).all() and b.friend_items.shape == (3, 2, 2) and (b.friend_items == PAD_I).all()
+
+
 def test_trained_flags_survive_saving_and_old_states_derive_them():
     cb = _builder(_dataset())
     later = cb.with_events(np.array([2]), np.array([4]), np.array([400.0]))  # u2 gets a history, not a trained id

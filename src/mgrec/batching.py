@@ -231,6 +231,8 @@ class ContextBuilder:
     def _friend_items(self, friends: np.ndarray, times: np.ndarray) -> np.ndarray:
         """``(B, F, Lf)`` each friend's latest items strictly before the row's time."""
         Lf = self.friend_len
+        if not (friends != self.n_users).any():  # no friends in the batch (or no social data)
+            return np.full((*friends.shape, Lf), self.n_items, np.int64)
         ext = np.append(self.indptr, self.indptr[-1])  # the padding friend has no events
         f_start, f_end = ext[friends], ext[friends + 1]
         if self.has_time and len(self.items):

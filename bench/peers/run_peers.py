@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -129,6 +130,9 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colour codes in RecBole's log lines
+
+
 def run_child(cmd: list[str], *, cwd: Path, log: Path, env: dict[str, str]) -> tuple[float, float]:
     """Run ``cmd`` (an absolute executable first) to the end with its output in ``log``.
 
@@ -148,7 +152,7 @@ def run_child(cmd: list[str], *, cwd: Path, log: Path, env: dict[str, str]) -> t
     wall = time.perf_counter() - t0
     if code != 0:
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or ["(no output)"]
-        raise PeerError(f"exit status {code}: {tail[0]} (log: {log})")
+        raise PeerError(f"exit status {code}: {ANSI.sub('', tail[0])} (log: {log})")
     return int(rss_file.read_text()) / 1024.0, wall  # ru_maxrss is in KiB on Linux
 
 
@@ -288,7 +292,8 @@ def split_table(rows: list[dict[str, Any]]) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['library']} | {r['model']} | failed: {r['error']} |" + " |" * (len(head) - 3))
+            error = r["error"].replace("|", "/")
+            lines.append(f"| {r['library']} | {r['model']} | failed: {error} |" + " |" * (len(head) - 3))
             continue
         ndcg, epoch = r["metrics"]["ndcg@10"], r.get("epoch_seconds")
         marks = []
@@ -314,7 +319,7 @@ def users_line(rows: list[dict[str, Any]]) -> str:
     if row is None:
         return ""
     total, warm = row["metrics"]["n_users"], row["metrics_warm"]["n_users"]
-    return f"{total} test users, {total - warm} of them without any training interaction (cold)."
+    return f"{int(total)} test users, {int(total - warm)} of them without any training interaction (cold)."
 
 
 def markdown(report: dict[str, Any]) -> str:

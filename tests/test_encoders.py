@@ -553,3 +553,69 @@ def test_set_mode_linear_path_is_the_scaled_sum_of_untied_embeddings():
         items = hist[r][hist[r] != NI]
         expect = weight[items].sum(dim=0) / math.sqrt(max(len(items), 1)) if len(items) else torch.zeros(D)
         torch.testing.assert_close(with_lin[r] - without[r], expect, atol=1e-5, rtol=1e-5)
+
+
+def test_unique_rows_inverts_exactly_and_survives_hash_collisions(monkeypatch):
+    import mgrec.encoders as enc
+
+    rows = torch.randint(0, 4, (500, 3), generator=torch.Generator().manual_seed(0))
+    uniq, where = enc.unique_rows(rows)
+    assert torch.equal(uniq[where], rows)
+    assert len(uniq) == len(torch.unique(rows, dim=0)) == len({tuple(r) for r in rows.tolist()})
+    # every row hashes to one of two keys: the exact fallback must still be right
+    monkeypatch.setattr(enc, "_ROW_HASHES", ((1, 2),))
+    uniq2, where2 = enc.unique_rows(rows)
+    assert torch.equal(uniq2[where2], rows) and len(uniq2) == len(uniq)
+    empty, where0 = enc.unique_rows(rows[:0])
+    assert empty.shape == (0, 3) and where0.shape == (0,)
+    with pytest.raises(ValueError, match="2-d"):
+        enc.unique_rows(rows[0])
+
+
+@pytest.mark.parametrize("subset", [False, True])
+def test_catalogue_bags_by_fixed_product_match_embedding_bag_in_values_and_gradients(subset):
+    tower = make_tower(id_dropout=0.0)
+    init_module(tower, torch.Generator().manual_seed(0))
+    tower.set_item_data(*item_data())
+    tower.train()
+    rows = torch.tensor([3, 0, 3, NI, 7]) if subset else None
+    probe = torch.randn(5 if subset else NI + 1, D, generator=torch.Generator().manual_seed(1))
+
+    def content_and_grad(fast: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        tower.zero_grad(set_to_none=True)
+        r = slice(None) if rows is None else rows
+        args = (tower.item_cat[r], tower.item_num[r], tower.item_bag_idx[r], tower.item_bag_w[r], tower.item_time[r])
+        out = tower._encode_rows(rows) if fast else tower._encode(*args)  # catalogue_rows=None: embedding_bag
+        (out * probe).sum().backward()
+        return out.detach(), tower.bag_embedding.weight.grad.clone()
+
+    (got, g_fast), (want, g_plain) = content_and_grad(True), content_and_grad(False)
+    assert tower._bag_csr is not None  # the product path ran
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(g_fast, g_plain, rtol=0, atol=1e-5)
+    assert torch.all(got[-1] == 0) if not subset else torch.all(got[3] == 0)  # the padding item
+    # new bags replace the cached matrix
+    cat, num, bag, w, tf = item_data(seed=9)
+    tower.set_item_data(cat, num, bag, w, tf)
+    (got, _), (want, _) = content_and_grad(True), content_and_grad(False)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def test_social_friend_vectors_equal_the_per_row_computation():
+    root, enc = build("social")
+    batch = make_batch()
+    batch = replace(batch, friends=torch.cat([batch.friends[:, :1], batch.friends], 1),  # a repeated friend
+                    friend_items=torch.cat([batch.friend_items[:, :1], batch.friend_items], 1))
+    got, _ = run(enc, batch)
+    with torch.no_grad():
+        tower, table = enc.tower, enc.user_table
+        counts = (batch.friend_items != NI).sum(2, keepdim=True).clamp(min=1)
+        reps = table(batch.friends) + tower.pooled(batch.friend_items) / counts
+        me = table(batch.users)
+        logits = (enc.key(reps) @ enc.query(me).unsqueeze(-1)).squeeze(-1) / math.sqrt(D)
+        from mgrec.encoders import masked_softmax
+        valid = batch.friends != NU
+        want = enc.out((masked_softmax(logits, valid).unsqueeze(-1) * reps).sum(1)) + enc.hop_proj(
+            enc._multi_hop(batch.users))
+        want = want * valid.any(1, keepdim=True)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)

@@ -12,6 +12,7 @@ the (event-strength weighted) mean of the content vectors of the items the user 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -99,6 +100,7 @@ class ItemTower(nn.Module):
         self.register_buffer("item_bag_idx", torch.zeros(rows, 0, dtype=torch.int64))
         self.register_buffer("item_bag_w", torch.zeros(rows, 0))
         self.register_buffer("item_time", torch.zeros(rows, self.n_time_features))
+        self._bag_csr: tuple[Any, torch.Tensor, torch.Tensor] | None = None  # see _bag_matrices
 
     # ------------------------------------------------------------------ data
     def set_item_data(
@@ -386,9 +388,9 @@ class ItemTower(nn.Module):
         """Content vectors of the buffer rows ``rows`` (``None``: all rows, padding included)."""
         if rows is None:
             return self._encode(self.item_cat, self.item_num, self.item_bag_idx, self.item_bag_w,
-                                self.item_time)
+                                self.item_time, catalogue_rows=...)
         return self._encode(self.item_cat[rows], self.item_num[rows], self.item_bag_idx[rows],
-                            self.item_bag_w[rows], self.item_time[rows])
+                            self.item_bag_w[rows], self.item_time[rows], catalogue_rows=rows)
 
     def vectors_for_features(
         self,
@@ -420,6 +422,24 @@ class ItemTower(nn.Module):
             return torch.zeros(n, self.dim, device=device)
         return self._encode(*(t.to(device) for t in tensors))
 
+    def _bag_matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The catalogue's bags as a sparse CSR matrix ``S`` (rows = items with the padding row,
+        columns = tokens, values = weights) and ``S^T``, built once per state of the buffers."""
+        idx, w = self.item_bag_idx, self.item_bag_w
+        key = (idx.data_ptr(), idx._version, w.data_ptr(), w._version, tuple(idx.shape), str(idx.device))
+        cached = self._bag_csr
+        if cached is None or cached[0] != key:
+            rows = torch.arange(idx.shape[0], device=idx.device).unsqueeze(1).expand_as(idx)
+            keep = idx != 0  # token 0 is the padding token
+            index = torch.stack([rows[keep], idx[keep]])
+            shape = (idx.shape[0], self.n_bag_tokens + 1)
+            with warnings.catch_warnings():  # "sparse CSR support is in beta"
+                warnings.simplefilter("ignore", UserWarning)
+                coo = torch.sparse_coo_tensor(index, w[keep].to(self._dtype), shape, check_invariants=False).coalesce()
+                cached = (key, coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr())
+            self._bag_csr = cached
+        return cached[1], cached[2]
+
     def _index(self, items: torch.Tensor | None) -> torch.Tensor:
         if items is None:
             return torch.arange(self.n_items, device=self.id_embedding.weight.device)
@@ -432,16 +452,42 @@ class ItemTower(nn.Module):
         bag_idx: torch.Tensor,
         bag_w: torch.Tensor,
         time_feats: torch.Tensor,
+        *,
+        catalogue_rows: Any = None,
     ) -> torch.Tensor:
-        """Content vectors ``(n, D)`` of flat feature rows."""
+        """Content vectors ``(n, D)`` of flat feature rows.
+
+        ``catalogue_rows``: where the rows come from: ``None`` (new items), ``...`` (the whole
+        catalogue, padding row included) or a tensor of catalogue rows. While training, the
+        catalogue's bags are summed by a product with the fixed bag matrix (then gathered),
+        whose backward pass sorts nothing, unlike ``embedding_bag``'s.
+        """
         out = self.id_embedding.weight.new_zeros(cat.shape[0], self.dim)
         for f, emb in enumerate(self.cat_embeddings):
             out = out + emb(cat[:, f])
         if self.bag_embedding is not None and bag_idx.shape[1] > 0:
-            out = out + F.embedding_bag(bag_idx, self.bag_embedding.weight, mode="sum",
-                                        per_sample_weights=bag_w, padding_idx=0)
+            weight = self.bag_embedding.weight
+            if catalogue_rows is not None and weight.requires_grad and torch.is_grad_enabled():
+                bags = _FixedSparseProduct.apply(weight, *self._bag_matrices())
+                out = out + (bags if catalogue_rows is ... else bags[catalogue_rows])
+            else:
+                out = out + F.embedding_bag(bag_idx, weight, mode="sum", per_sample_weights=bag_w, padding_idx=0)
         if self.num_proj is not None:
             out = out + self.num_proj(num)
         if self.time_proj is not None:
             out = out + self.time_proj(time_feats)
         return out
+
+
+class _FixedSparseProduct(torch.autograd.Function):
+    """``S @ W`` for a constant sparse ``S`` (given with its transpose ``S^T``); the gradient
+    reaches ``W`` only: ``S^T @ grad``."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: torch.Tensor, matrix: torch.Tensor, transposed: torch.Tensor) -> torch.Tensor:
+        ctx.transposed = transposed
+        return matrix @ weight
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return ctx.transposed @ grad, None, None

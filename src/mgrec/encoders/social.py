@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mgrec.encoders import masked_softmax
+from mgrec.encoders import masked_softmax, unique_rows
 from mgrec.encoders.base import Batch
 from mgrec.encoders.item import ItemTower
 
@@ -114,11 +114,21 @@ class SocialEncoder(nn.Module):
         friends, f_items = batch.friends, batch.friend_items
         valid = friends != self.n_users
         present = valid.any(dim=1)
-        item_ok = f_items != self.tower.n_items
-        counts = item_ok.sum(dim=2, keepdim=True).clamp(min=1).to(self.user_table.weight.dtype)
-        reps = self.user_table(friends) + self.tower.pooled(f_items) / counts  # (B, F, D)
+        # a friend's vector depends only on (friend, window): encode each distinct pair once
+        # (a popular friend recurs across the batch; friends of the same cutoff share windows)
+        b, f, length = f_items.shape
+        pairs = torch.cat([friends.unsqueeze(-1), f_items], dim=-1).reshape(b * f, length + 1)
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():  # export: no data-dependent shapes
+            uniq, where = pairs, torch.arange(b * f, device=pairs.device)
+        else:
+            uniq, where = unique_rows(pairs)
+        u_items = uniq[:, 1:]
+        counts = (u_items != self.tower.n_items).sum(dim=1, keepdim=True).clamp(min=1)
+        reps_u = self.user_table(uniq[:, 0]) + self.tower.pooled(u_items) / counts.to(self.user_table.weight.dtype)
+        reps = reps_u[where].reshape(b, f, -1)  # (B, F, D)
+        keys = self.key(reps_u)[where].reshape(b, f, -1)
         me = self.user_table(batch.users)
-        logits = (self.key(reps) @ self.query(me).unsqueeze(-1)).squeeze(-1) / math.sqrt(reps.shape[-1])
+        logits = (keys @ self.query(me).unsqueeze(-1)).squeeze(-1) / math.sqrt(reps.shape[-1])
         w = masked_softmax(logits, valid)
         vec = self.out((w.unsqueeze(-1) * reps).sum(dim=1))
         if self._adj is not None and self.hop_proj is not None:

@@ -224,3 +224,29 @@ def test_benchmark_rejects_unknown_fusion(folder, tmp_path, capsys):
     assert main(["benchmark", "--datasets", f"folder:{folder}", "--models", "pop", "--fusions", "sum",
                  "--out", str(tmp_path / "x.json")]) == 2
     assert "unknown fusion 'sum'" in capsys.readouterr().err
+
+
+def _child_peak(queue) -> None:
+    from mgrec.benchmark import peak_rss_mb
+
+    queue.put(peak_rss_mb())
+
+
+def test_peak_rss_of_a_spawned_run_is_its_own_not_its_parents():
+    import multiprocessing as mp
+
+    import numpy as np
+
+    from mgrec.benchmark import peak_rss_mb
+
+    ballast = np.ones(2**28 // 8 * 4)  # 1 GiB touched in this (the parent) process
+    parent = peak_rss_mb()
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child_peak, args=(queue,))
+    proc.start()
+    child = queue.get(timeout=120)
+    proc.join()
+    del ballast
+    assert parent >= 1024
+    assert 10 < child < parent - 512, (child, parent)

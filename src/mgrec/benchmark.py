@@ -30,8 +30,22 @@ TABLE_METRICS = ("ndcg@10", "recall@10", "precision@10", "f1@10", "map@10", "mrr
 
 
 def peak_rss_mb() -> float:
-    # ru_maxrss is in KiB on Linux.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """This process's peak resident set size in MiB.
+
+    On Linux it is ``VmHWM`` of ``/proc/self/status``: the peak of the current address space.
+    ``ru_maxrss`` is not used there because a spawned child inherits its parent's peak through
+    the fork that precedes the exec, so a small run would report at least its parent's size.
+    Elsewhere ``ru_maxrss`` (bytes on macOS, KiB on the other Unixes).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024.0
 
 
 def _worker(cfg: ExperimentConfig, queue: Any) -> None:

@@ -562,8 +562,8 @@ def test_unique_rows_inverts_exactly_and_survives_hash_collisions(monkeypatch):
     uniq, where = enc.unique_rows(rows)
     assert torch.equal(uniq[where], rows)
     assert len(uniq) == len(torch.unique(rows, dim=0)) == len({tuple(r) for r in rows.tolist()})
-    # every row hashes to one of two keys: the exact fallback must still be right
-    monkeypatch.setattr(enc, "_ROW_HASHES", ((1, 2),))
+    # every row gets the same key: the exact fallback must still be right
+    monkeypatch.setattr(enc, "_row_key_weights", lambda n: torch.zeros(n, dtype=torch.float64))
     uniq2, where2 = enc.unique_rows(rows)
     assert torch.equal(uniq2[where2], rows) and len(uniq2) == len(uniq)
     empty, where0 = enc.unique_rows(rows[:0])
@@ -590,7 +590,10 @@ def test_catalogue_bags_by_fixed_product_match_embedding_bag_in_values_and_gradi
         return out.detach(), tower.bag_embedding.weight.grad.clone()
 
     (got, g_fast), (want, g_plain) = content_and_grad(True), content_and_grad(False)
-    assert tower._bag_csr is not None  # the product path ran
+    assert tower._bag_csr.value is not None  # the product path ran
+    import copy
+
+    assert copy.deepcopy(tower)._bag_csr.value is None  # copies rebuild it
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     torch.testing.assert_close(g_fast, g_plain, rtol=0, atol=1e-5)
     assert torch.all(got[-1] == 0) if not subset else torch.all(got[3] == 0)  # the padding item
@@ -619,3 +622,28 @@ def test_social_friend_vectors_equal_the_per_row_computation():
             enc._multi_hop(batch.users))
         want = want * valid.any(1, keepdim=True)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("precomputed", [True, False])
+def test_social_multi_hop_rows_and_gradients_equal_the_dense_product(precomputed, monkeypatch):
+    import mgrec.encoders.social as social
+
+    if not precomputed:  # Â^hops too big to keep: rows are computed per batch
+        monkeypatch.setattr(social, "REACH_MAX_NNZ", 0)
+    _, enc = build("social")
+    users = torch.tensor([0, 4, NU, 4, 17])
+    got = enc._multi_hop(users)
+    assert (enc._reach is not None) == precomputed
+    probe = torch.randn(got.shape, generator=torch.Generator().manual_seed(2))
+    (got * probe).sum().backward()
+    grad = enc.user_table.weight.grad.clone()
+    enc.user_table.weight.grad = None
+    a = torch.as_tensor(normalized_adjacency(adjacency(), NU).toarray())
+    reach = a @ a  # hops = 2
+    table = enc.user_table.weight
+    want = torch.cat([reach, torch.zeros(NU, 1)], 1)[users.clamp(max=NU - 1)] @ table
+    want = want * (users < NU).unsqueeze(1)
+    (want * probe).sum().backward()
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(grad, enc.user_table.weight.grad, rtol=0, atol=1e-5)
+    assert torch.all(grad[NU] == 0)

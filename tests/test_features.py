@@ -71,7 +71,8 @@ def test_vocab_caps() -> None:
     assert capped.bags["tags"].toarray()[3].tolist() == [0.0, 0.0]  # "c" cut: row is missing
     assert capped.encoder.spec("bio").vocab == ("cat", "dog")
     rare = encode_features(table(), fit_on=FIT, min_count=2)
-    assert rare.encoder.spec("tags").vocab == ("a", "b")
+    assert rare.encoder.spec("tags").vocab == ("b",)  # "a" twice, but in one row only
+    assert rare.encoder.spec("bio").vocab == ("cat",)  # rows 0 and 1
     assert rare.encoder.spec("gender").vocab == ("F",)
     assert rare.categorical["gender"].tolist() == [1, 0, 0, 1, 0]
 

@@ -309,3 +309,30 @@ def test_auto_cold_dropout_is_the_share_of_users_without_training_events(data):
     assert resolve_cold_dropout(MGRConfig(cold_dropout=0.3), ds.n_users, train) == 0.3
     model = MGR({**SMALL, "epochs": 1}, seed=0).fit(ds, fewer, split.valid)
     assert model.fit_info()["cold_dropout"] == pytest.approx(1 - fewer["user"].nunique() / ds.n_users)
+
+
+def test_loss_auto_is_full_softmax_up_to_the_threshold_then_sampled():
+    from mgrec.mgr_build import use_sparse_ids
+    from mgrec.mgr_config import SOFTMAX_MAX_ITEMS, resolve_loss
+
+    cfg = MGRConfig()
+    assert cfg.loss == "auto"
+    assert resolve_loss(cfg, SOFTMAX_MAX_ITEMS) == "softmax"
+    assert resolve_loss(cfg, SOFTMAX_MAX_ITEMS + 1) == "sampled_softmax"
+    for loss in ("softmax", "sampled_softmax", "bpr"):
+        assert resolve_loss(MGRConfig(loss=loss), 10**6) == loss == resolve_loss(MGRConfig(loss=loss), 10)
+    with pytest.raises(ValueError, match="loss must be one of auto"):
+        MGRConfig(loss="softmx")
+    with pytest.raises(ValueError, match="resolved loss"):
+        use_sparse_ids(cfg, "set", 10**6)
+    assert use_sparse_ids(cfg, "set", 10**6, loss="sampled_softmax")
+
+
+def test_fit_records_the_resolved_loss_and_keeps_it_through_save_and_load(data, tmp_path, monkeypatch):
+    import mgrec.mgr_build
+
+    monkeypatch.setattr(mgrec.mgr_build, "resolve_loss", lambda cfg, n: "sampled_softmax")
+    model = _fit(data, n_negatives=16, granularities=["behavior"], epochs=1)
+    assert model.fit_info()["loss"] == "sampled_softmax" and model.config.loss == "auto"
+    model.save(tmp_path / "m")
+    assert type(model).load(tmp_path / "m").loss_ == "sampled_softmax"

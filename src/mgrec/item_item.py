@@ -28,7 +28,7 @@ __all__ = ["ItemItemPart", "fit_item_item", "scale_grid", "RELATIVE_SCALES"]
 logger = logging.getLogger(__name__)
 
 #: Candidate weights of the linear part relative to the neural part (score spread ratio).
-RELATIVE_SCALES = (0.0, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
+RELATIVE_SCALES = (0.0, 0.0625, 0.125, 0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 @dataclass

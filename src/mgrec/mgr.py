@@ -104,8 +104,8 @@ class MGR(ServingMixin, Recommender):
         self.granularities_ = resolve_granularities(cfg, dataset)
         self.behavior_mode_ = resolve_behavior_mode(cfg, dataset, train, valid)
         self.cold_dropout_ = resolve_cold_dropout(cfg, dataset.n_users, train)
-        uf = _encode(dataset.user_features) if "user" in self.granularities_ else None
-        itf = _encode(dataset.item_features) if "item" in self.granularities_ else None
+        uf = _encode(dataset.user_features, cfg.feature_min_count) if "user" in self.granularities_ else None
+        itf = _encode(dataset.item_features, cfg.feature_min_count) if "item" in self.granularities_ else None
         self.context_ = ContextBuilder(dataset, train, max_len=cfg.max_len, max_friends=cfg.max_friends,
                                        friend_len=cfg.friend_len, user_features=uf)
         with_time = "time" in self.granularities_
@@ -271,11 +271,12 @@ class MGR(ServingMixin, Recommender):
             drop = frozenset({"behavior", "item"})
             assert self.context_ is not None
             batch = dataclasses.replace(batch, users=torch.full_like(batch.users, self.context_.n_users))
-        if cfg.loss == "softmax":
+        loss = self.loss_
+        if loss == "softmax":
             p = net.user_vectors(batch, drop=drop, given=given)[0]
             return softmax_loss(p @ net.item_vectors(generator=gen).T, target)
         n_items = log_q.shape[0]
-        if cfg.loss == "sampled_softmax":
+        if loss == "sampled_softmax":
             neg = torch.multinomial(log_q.exp(), cfg.n_negatives, replacement=True, generator=gen)
             wanted = torch.cat([target, neg])
         else:
@@ -286,7 +287,7 @@ class MGR(ServingMixin, Recommender):
         with net.item_tower.shared_content(items=touched):
             p = net.user_vectors(batch, drop=drop, given=given)[0]
             q = net.item_tower(wanted, generator=gen)
-        if cfg.loss == "sampled_softmax":
+        if loss == "sampled_softmax":
             pos_s = (p * q[: len(target)]).sum(-1)
             neg_s = p @ q[len(target):].T
             return sampled_softmax_loss(pos_s, neg_s, pos_log_q=log_q[target], neg_log_q=log_q[neg],
@@ -345,7 +346,12 @@ class MGR(ServingMixin, Recommender):
                 "item_item_valid": {k: round(v, 6) for k, v in self.item_item_valid_.items()},
                 "item_item_scale": None if self.item_item_ is None else self.item_item_.scale,
                 "item_item_reg": self.item_item_reg_, "cold_dropout": self.cold_dropout_,
-                "sparse_ids": bool(self.spec_.get("sparse_ids", False))}
+                "loss": self.loss_, "sparse_ids": bool(self.spec_.get("sparse_ids", False))}
+
+    @property
+    def loss_(self) -> str:
+        """The loss trained with (``loss: auto`` resolved; older states: the configured one)."""
+        return str(self.spec_.get("loss", self.config.loss))
 
     def _item_item_scores(self, users: np.ndarray) -> np.ndarray | None:
         if self.item_item_ is None or self.seen_ is None:
@@ -434,5 +440,5 @@ class MGR(ServingMixin, Recommender):
         self._load_serving(meta, arrays)
 
 
-def _encode(table: Any) -> EncodedFeatures | None:
-    return encode_features(table) if table is not None and table.names else None
+def _encode(table: Any, min_count: int = 1) -> EncodedFeatures | None:
+    return encode_features(table, min_count=min_count) if table is not None and table.names else None

@@ -17,6 +17,7 @@ from torch import nn
 
 from mgrec.batching import ContextBuilder
 from mgrec.feature_arrays import ItemArrays
+from mgrec.mgr_config import resolve_loss
 
 __all__ = ["build_net", "friend_adjacency", "net_spec"]
 
@@ -46,7 +47,8 @@ def net_spec(cfg: Any, granularities: list[str], behavior_mode: str, ctx: Contex
         "user": {"cardinalities": list(ua.cardinalities), "n_numeric": int(ua.num.shape[1]),
                  "n_bag_tokens": ua.n_bag_tokens - 1},
         "t_min": ctx.t_min, "t_max": ctx.t_max,
-        "sparse_ids": use_sparse_ids(cfg, behavior_mode, ctx.n_users + ctx.n_items),
+        "loss": (loss := resolve_loss(cfg, ctx.n_items)),
+        "sparse_ids": use_sparse_ids(cfg, behavior_mode, ctx.n_users + ctx.n_items, loss=loss),
     }
 
 
@@ -54,11 +56,14 @@ def net_spec(cfg: Any, granularities: list[str], behavior_mode: str, ctx: Contex
 SPARSE_IDS_MIN_ROWS = 50_000
 
 
-def use_sparse_ids(cfg: Any, behavior_mode: str, rows: int) -> bool:
+def use_sparse_ids(cfg: Any, behavior_mode: str, rows: int, *, loss: str | None = None) -> bool:
     """Whether the user and item id tables train with sparse gradients (see ``MGRConfig``):
-    ``auto`` with a sampled loss, set-mode histories and large tables."""
-    return (cfg.sparse_ids == "auto" and cfg.loss != "softmax" and behavior_mode == "set"
-            and rows >= SPARSE_IDS_MIN_ROWS)
+    ``auto`` with a sampled loss (``loss``: the resolved one, default ``cfg.loss``), set-mode
+    histories and large tables."""
+    loss = cfg.loss if loss is None else loss
+    if loss == "auto":
+        raise ValueError("use_sparse_ids needs the resolved loss, not 'auto'")
+    return cfg.sparse_ids == "auto" and loss != "softmax" and behavior_mode == "set" and rows >= SPARSE_IDS_MIN_ROWS
 
 
 def friend_adjacency(ctx: ContextBuilder) -> sp.csr_matrix:

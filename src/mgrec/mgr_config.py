@@ -15,10 +15,12 @@ from mgrec.encoders.base import GRANULARITIES
 from mgrec.errors import ConfigError
 from mgrec.losses import LOSSES
 
-__all__ = ["MGRConfig", "resolve_granularities", "resolve_behavior_mode", "resolve_cold_dropout"]
+__all__ = ["MGRConfig", "resolve_granularities", "resolve_behavior_mode", "resolve_cold_dropout", "resolve_loss"]
 
 #: The most ``cold_dropout: auto`` trains as new users.
 MAX_AUTO_COLD_DROPOUT = 0.5
+#: ``loss: auto`` trains with the full softmax up to this many items, sampled softmax beyond.
+SOFTMAX_MAX_ITEMS = 10_000
 
 logger = logging.getLogger("mgrec.mgr")
 
@@ -38,7 +40,12 @@ class MGRConfig:
         split_protocol: the split the data came from (``random``, ``loo``, ``temporal``),
             which ``auto`` uses; ``None`` infers it.
         loss: ``softmax`` (full), ``sampled_softmax`` (popularity-sampled negatives with
-            logQ correction) or ``bpr``.
+            logQ correction), ``bpr``, or ``auto``: ``softmax`` for catalogues up to
+            :data:`SOFTMAX_MAX_ITEMS` items, ``sampled_softmax`` beyond. A full-softmax step
+            costs ``batch x items x dim`` multiply-adds plus a softmax over every item, which
+            dominates an epoch on large catalogues (lastfm-2k, 17.6k items: about 0.3 s per
+            1024 examples on one core); 1024 shared negatives cost about a seventeenth of that
+            and validated as well there (see docs/benchmarks.md).
         n_negatives: negatives per batch (``sampled_softmax``) or per row (``bpr``).
         optimizer: ``adamw`` or ``sgd``.
         lr: learning rate.
@@ -72,6 +79,11 @@ class MGRConfig:
             histories and at least 50k users + items, the user and item id tables get sparse
             gradients and lazily decayed Adam updates (:mod:`mgrec.optim`), so a step costs the
             rows it touches, not the whole tables; ``off``: always dense.
+        feature_min_count: labels and tokens of user and item features that occur on fewer
+            entities than this are dropped (read as missing). A token on a single item only
+            repeats that item's id, which the id embedding already learns, and costs a row of
+            the token table in every step: lastfm-2k's artist names and tags have 19.7k such
+            tokens out of 28.2k.
         max_len: history events per user.
         max_friends: friends per user.
         friend_len: recent items per friend.
@@ -84,8 +96,8 @@ class MGRConfig:
     fusion: str = "gated"
     behavior_mode: str = "auto"
     split_protocol: str | None = None
-    loss: str = "softmax"
-    n_negatives: int = 256
+    loss: str = "auto"
+    n_negatives: int = 1024
     optimizer: str = "adamw"
     # lr, weight_decay, batch_size, patience and hist_dropout: best on ml-100k validation
     # (seed 0): valid NDCG@10 0.2644 at about 3 s per epoch on 2 cores (EASE: 0.2630). With
@@ -106,6 +118,7 @@ class MGRConfig:
     item_item_reg: float | list[float] = field(default_factory=lambda: [50.0, 250.0, 1000.0])
     item_item_rank: int = 512
     sparse_ids: str = "auto"
+    feature_min_count: int = 2
     max_len: int = 50
     max_friends: int = 20
     friend_len: int = 10
@@ -114,12 +127,12 @@ class MGRConfig:
 
     def __post_init__(self) -> None:
         for name in ("dim", "n_negatives", "batch_size", "epochs", "eval_every", "patience",
-                     "max_len", "max_friends", "friend_len", "item_item_rank"):
+                     "max_len", "max_friends", "friend_len", "item_item_rank", "feature_min_count"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         choices = {"fusion": _FUSION_NAMES, "behavior_mode": ("auto", "sequence", "set"),
                    "item_item": ("auto", "ease", "none"), "sparse_ids": ("auto", "off"),
-                   "loss": tuple(LOSSES), "optimizer": ("adamw", "sgd")}
+                   "loss": ("auto", *LOSSES), "optimizer": ("adamw", "sgd")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
@@ -198,3 +211,10 @@ def resolve_cold_dropout(cfg: MGRConfig, n_users: int, train: pd.DataFrame) -> f
         return 0.0
     share = 1.0 - len(np.unique(train["user"].to_numpy())) / n_users
     return float(min(MAX_AUTO_COLD_DROPOUT, max(share, 0.0)))
+
+
+def resolve_loss(cfg: MGRConfig, n_items: int) -> str:
+    """``cfg.loss``, with ``auto`` resolved for a catalogue of ``n_items`` (see :class:`MGRConfig`)."""
+    if cfg.loss != "auto":
+        return cfg.loss
+    return "softmax" if n_items <= SOFTMAX_MAX_ITEMS else "sampled_softmax"

@@ -77,7 +77,8 @@ def encode_features(
             boolean mask of length ``len(table)``; ``None`` uses all rows.
         max_vocab: keep at most this many labels/tokens per feature (the most frequent;
             ties broken alphabetically).
-        min_count: drop labels/tokens seen fewer than this many times in the fit rows.
+        min_count: drop labels/tokens found in fewer than this many fit rows (a token repeated
+            within one row counts once).
 
     Returns:
         The encoded arrays together with the fitted :class:`FeatureEncoder`.
@@ -322,7 +323,12 @@ def _fit_one(
         tokens = pd.Series(labels[pd.notna(labels)], dtype=object)
     else:
         rows, toks = _tokens(col, kind)
-        tokens = pd.Series(toks[mask[rows]], dtype=object)
+        keep = mask[rows]
+        tokens = pd.Series(toks[keep], dtype=object)
+        # min_count is a row count (a token repeated within a row counts once), as min_df is
+        pairs = pd.DataFrame({"row": rows[keep], "tok": toks[keep]}).drop_duplicates()
+        in_rows = pd.Series(pairs["tok"].to_numpy(), dtype=object).value_counts()
+        return FeatureSpec(name, kind, vocab=_top(tokens, max_vocab, min_count, in_rows))
     return FeatureSpec(name, kind, vocab=_top(tokens, max_vocab, min_count))
 
 
@@ -372,10 +378,12 @@ def _tokens(col: pd.Series, kind: str) -> tuple[np.ndarray, np.ndarray]:
     return rows.astype(np.int64), toks
 
 
-def _top(tokens: pd.Series, max_vocab: int, min_count: int) -> tuple[str, ...]:
-    """The most frequent tokens (count >= min_count), by count descending then token."""
+def _top(tokens: pd.Series, max_vocab: int, min_count: int, in_rows: pd.Series | None = None) -> tuple[str, ...]:
+    """The most frequent tokens, by count descending then token, among those with at least
+    ``min_count`` rows (``in_rows``: rows per token; default: the counts themselves)."""
     counts = tokens.value_counts()
-    counts = counts[counts >= min_count]
+    support = counts if in_rows is None else in_rows.reindex(counts.index)
+    counts = counts[(support >= min_count).to_numpy()]
     pairs = zip(counts.index.astype(str), counts.to_numpy().tolist(), strict=True)
     ranked = sorted(pairs, key=lambda kv: (-kv[1], kv[0]))
     return tuple(tok for tok, _ in ranked[:max_vocab])

@@ -25,6 +25,7 @@ import importlib
 import math
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,9 +41,11 @@ __all__ = [
     "UserEncoder",
     "bag_sum",
     "bernoulli_keep",
+    "csr_tensor",
     "init_module",
     "masked_softmax",
     "set_generator",
+    "sparse_product",
     "time_buckets",
     "unique_rows",
     "weighted_sum",
@@ -192,8 +195,9 @@ def bag_sum(table: torch.Tensor, index: torch.Tensor, weights: torch.Tensor | No
     return out.reshape(*index.shape[:-1], table.shape[1])
 
 
-#: Two 31-bit polynomial hashes of a row (multiplier, modulus): together a 62-bit key.
-_ROW_HASHES = ((1_000_003, 2_147_483_647), (998_244_353 % 2_147_483_629, 2_147_483_629))
+def _row_key_weights(n: int) -> torch.Tensor:
+    """``n`` fixed float64 weights in [1, 2) (the same in every process)."""
+    return 1.0 + torch.rand(n, generator=torch.Generator().manual_seed(0x5EED + n), dtype=torch.float64)
 
 
 def unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,27 +205,56 @@ def unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     with ``uniq[inverse] == rows`` (``uniq``'s order is unspecified but deterministic).
 
     ``torch.unique(dim=0)`` sorts rows lexicographically (tens of ms for 20k short rows on one
-    core); this keys each row by a 62-bit hash, finds the distinct keys with a 1-d unique,
-    and checks the result exactly, falling back to ``torch.unique(dim=0)`` on a collision.
+    core); this keys each row by its dot product with fixed random float64 weights (one
+    matrix-vector product), finds the distinct keys with a 1-d unique, and checks the result
+    exactly, falling back to ``torch.unique(dim=0)`` when two different rows share a key.
     """
     if rows.dim() != 2:
         raise ValueError(f"rows must be 2-d, got shape {tuple(rows.shape)}")
     if rows.shape[0] == 0:
         return rows, torch.zeros(0, dtype=torch.int64, device=rows.device)
-    key = torch.zeros(rows.shape[0], dtype=torch.int64, device=rows.device)
-    for mult, mod in _ROW_HASHES:
-        h = torch.zeros_like(key)
-        for col in rows.remainder(mod).T:  # every term below 2^62: no int64 overflow
-            h = (h * mult).add_(col).remainder_(mod)
-        key = key * (1 << 31) + h
+    weights = _row_key_weights(rows.shape[1]).to(rows.device)
+    key = rows.to(torch.float64) @ weights
     keys, inverse = torch.unique(key, return_inverse=True)
     position = torch.arange(rows.shape[0], device=rows.device)
     first = torch.full((len(keys),), rows.shape[0], dtype=torch.int64, device=rows.device)
     first = first.scatter_reduce(0, inverse, position, reduce="amin")
     uniq = rows[first]
-    if not bool((uniq[inverse] == rows).all()):  # a hash collision: the exact, slower way
+    if not bool((uniq[inverse] == rows).all()):  # two rows shared a key: the exact, slower way
         uniq, inverse = torch.unique(rows, dim=0, return_inverse=True)
     return uniq, inverse
+
+
+class _SparseProduct(torch.autograd.Function):
+    """``S @ W`` for a constant sparse ``S`` given with its transpose; the gradient reaches ``W``
+    only, as ``S^T @ grad`` (no sort, no dense ``S``)."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: torch.Tensor, matrix: torch.Tensor, transposed: torch.Tensor) -> torch.Tensor:
+        ctx.transposed = transposed
+        return matrix @ weight
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        return ctx.transposed @ grad, None, None
+
+
+def sparse_product(weight: torch.Tensor, matrix: torch.Tensor, transposed: torch.Tensor) -> torch.Tensor:
+    """``matrix @ weight`` for a sparse (CSR) ``matrix`` that takes no gradient, differentiable in
+    the dense ``weight``; ``transposed`` is ``matrix.T`` in CSR form (the backward product)."""
+    return _SparseProduct.apply(weight, matrix, transposed)
+
+
+def csr_tensor(matrix: Any, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A scipy sparse matrix as a torch CSR tensor."""
+    import warnings
+
+    m = matrix.tocsr()
+    with warnings.catch_warnings():  # "sparse CSR support is in beta"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(np.int64)),
+                                       torch.from_numpy(m.indices.astype(np.int64)),
+                                       torch.from_numpy(m.data).to(dtype), size=m.shape, device=device)
 
 
 def weighted_sum(vectors: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:

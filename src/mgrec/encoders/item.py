@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mgrec.encoders import bag_sum, bernoulli_keep, weighted_sum
+from mgrec.encoders import bag_sum, bernoulli_keep, sparse_product, weighted_sum
 from mgrec.encoders.content import ItemContentEncoder
 
 __all__ = ["ItemContentEncoder", "ItemTower"]
@@ -100,7 +100,7 @@ class ItemTower(nn.Module):
         self.register_buffer("item_bag_idx", torch.zeros(rows, 0, dtype=torch.int64))
         self.register_buffer("item_bag_w", torch.zeros(rows, 0))
         self.register_buffer("item_time", torch.zeros(rows, self.n_time_features))
-        self._bag_csr: tuple[Any, torch.Tensor, torch.Tensor] | None = None  # see _bag_matrices
+        self._bag_csr = _Derived()  # see _bag_matrices
 
     # ------------------------------------------------------------------ data
     def set_item_data(
@@ -427,7 +427,7 @@ class ItemTower(nn.Module):
         columns = tokens, values = weights) and ``S^T``, built once per state of the buffers."""
         idx, w = self.item_bag_idx, self.item_bag_w
         key = (idx.data_ptr(), idx._version, w.data_ptr(), w._version, tuple(idx.shape), str(idx.device))
-        cached = self._bag_csr
+        cached = self._bag_csr.value
         if cached is None or cached[0] != key:
             rows = torch.arange(idx.shape[0], device=idx.device).unsqueeze(1).expand_as(idx)
             keep = idx != 0  # token 0 is the padding token
@@ -437,7 +437,7 @@ class ItemTower(nn.Module):
                 warnings.simplefilter("ignore", UserWarning)
                 coo = torch.sparse_coo_tensor(index, w[keep].to(self._dtype), shape, check_invariants=False).coalesce()
                 cached = (key, coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr())
-            self._bag_csr = cached
+            self._bag_csr.value = cached
         return cached[1], cached[2]
 
     def _index(self, items: torch.Tensor | None) -> torch.Tensor:
@@ -468,7 +468,7 @@ class ItemTower(nn.Module):
         if self.bag_embedding is not None and bag_idx.shape[1] > 0:
             weight = self.bag_embedding.weight
             if catalogue_rows is not None and weight.requires_grad and torch.is_grad_enabled():
-                bags = _FixedSparseProduct.apply(weight, *self._bag_matrices())
+                bags = sparse_product(weight, *self._bag_matrices())
                 out = out + (bags if catalogue_rows is ... else bags[catalogue_rows])
             else:
                 out = out + F.embedding_bag(bag_idx, weight, mode="sum", per_sample_weights=bag_w, padding_idx=0)
@@ -479,15 +479,15 @@ class ItemTower(nn.Module):
         return out
 
 
-class _FixedSparseProduct(torch.autograd.Function):
-    """``S @ W`` for a constant sparse ``S`` (given with its transpose ``S^T``); the gradient
-    reaches ``W`` only: ``S^T @ grad``."""
+class _Derived:
+    """A cache of values derived from a module's buffers (``value``); copies start empty, so
+    a deep-copied module rebuilds it (sparse CSR tensors cannot be deep-copied)."""
 
-    @staticmethod
-    def forward(ctx: Any, weight: torch.Tensor, matrix: torch.Tensor, transposed: torch.Tensor) -> torch.Tensor:
-        ctx.transposed = transposed
-        return matrix @ weight
+    def __init__(self) -> None:
+        self.value: Any = None
 
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        return ctx.transposed @ grad, None, None
+    def __deepcopy__(self, memo: dict[int, Any]) -> _Derived:
+        return _Derived()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"value": None}

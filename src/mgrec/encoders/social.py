@@ -19,11 +19,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mgrec.encoders import masked_softmax, unique_rows
+from mgrec.encoders import csr_tensor, masked_softmax, sparse_product, unique_rows
 from mgrec.encoders.base import Batch
 from mgrec.encoders.item import ItemTower
 
 __all__ = ["SocialEncoder", "normalized_adjacency"]
+
+#: The most entries of ``Â^hops`` kept for every user at once (see ``SocialEncoder._reach_matrix``).
+REACH_MAX_NNZ = 20_000_000
 
 
 def normalized_adjacency(adjacency: sp.spmatrix, n_users: int) -> sp.csr_matrix:
@@ -96,6 +99,8 @@ class SocialEncoder(nn.Module):
         use_hops = adjacency is not None and hops > 0
         self._adj = normalized_adjacency(adjacency, self.n_users) if use_hops else None
         self.hop_proj = nn.Linear(width, dim, bias=False) if use_hops else None
+        self._reach: sp.csr_matrix | None = None
+        self._reach_too_big = False
 
     @property
     def user_table(self) -> nn.Embedding:
@@ -135,24 +140,45 @@ class SocialEncoder(nn.Module):
             vec = vec + self.hop_proj(self._multi_hop(batch.users))
         return vec * present.unsqueeze(-1).to(vec.dtype), present
 
+    def _reach_matrix(self) -> sp.csr_matrix | None:
+        """``Â^hops`` for every user, computed once when it stays below :data:`REACH_MAX_NNZ`
+        entries (then a batch's rows are a slice), else ``None`` (rows computed per batch)."""
+        if self._reach is None and not self._reach_too_big:
+            assert self._adj is not None
+            reach, degree = self._adj, np.diff(self._adj.indptr).astype(np.float64)
+            for _ in range(self.hops - 1):
+                pattern = sp.csr_matrix((np.ones(reach.nnz), reach.indices, reach.indptr), shape=reach.shape)
+                if float((pattern @ degree).sum()) > REACH_MAX_NNZ:  # an upper bound on the product's entries
+                    self._reach_too_big = True
+                    return None
+                reach = reach @ self._adj
+            reach = sp.csr_matrix(reach, dtype=np.float32)
+            if reach.nnz > REACH_MAX_NNZ:
+                self._reach_too_big = True
+                return None
+            self._reach = reach
+        return self._reach
+
     def _multi_hop(self, users: torch.Tensor) -> torch.Tensor:
         """Rows ``users`` of ``Â^hops E`` (zero for unknown users), ``(B, D)``."""
         assert self._adj is not None
         weight = self.user_table.weight
         codes = users.detach().cpu().numpy()
         known = codes < self.n_users
-        rows = self._adj[np.where(known, codes, 0)]
-        for _ in range(self.hops - 1):
-            rows = rows @ self._adj
-        rows = sp.coo_matrix(rows.multiply(known[:, None].astype(np.float32)))
+        reach = self._reach_matrix()
+        if reach is not None:
+            rows = reach[np.where(known, codes, 0)]
+        else:
+            rows = self._adj[np.where(known, codes, 0)]
+            for _ in range(self.hops - 1):
+                rows = rows @ self._adj
+        rows = sp.csr_matrix(rows.multiply(known[:, None].astype(np.float32)))
         if self.user_table.sparse:  # a gather, so that the table's gradient stays sparse
+            rows = rows.tocoo()
             r, c = (torch.from_numpy(a.astype(np.int64)).to(weight.device) for a in (rows.row, rows.col))
             vals = torch.from_numpy(rows.data.astype(np.float32)).to(weight.device, weight.dtype)
             picked = F.embedding(c, weight, sparse=True) * vals.unsqueeze(-1)
             return weight.new_zeros(len(codes), weight.shape[1]).index_add(0, r, picked)
-        index = torch.from_numpy(np.vstack([rows.row, rows.col]).astype(np.int64))
-        values = torch.from_numpy(rows.data.astype(np.float32))
-        mat = torch.sparse_coo_tensor(index, values, (len(codes), weight.shape[0]),
-                                      device=weight.device, dtype=weight.dtype,
-                                      check_invariants=False)
-        return torch.sparse.mm(mat, weight)
+        rows.resize((len(codes), weight.shape[0]))  # the table's padding row: no entries
+        return sparse_product(weight, csr_tensor(rows, device=weight.device, dtype=weight.dtype),
+                              csr_tensor(rows.T, device=weight.device, dtype=weight.dtype))

@@ -33,6 +33,7 @@ run() {
     # set-mode histories), its default config (tuned on ml-100k validation), no search
     itemitem-ml-100k-random) $MGREC benchmark --datasets ml-100k --models mgr --split random --seeds 3 --no-tune \
         --out $R/mgr-itemitem-ml-100k-random.json ;;
+    # lastfm-2k: loss "auto" = sampled softmax (17,632 items > 10,000); rows at commit 362232c
     itemitem-lastfm-2k-random) $MGREC benchmark --datasets lastfm-2k --models mgr --split random --seeds 3 --no-tune \
         --out $R/mgr-itemitem-lastfm-2k-random.json ;;
     itemitem-ciao) $MGREC benchmark --datasets ciao --models mgr --split random --seeds 3 --no-tune \

@@ -24,7 +24,6 @@ product, and a saved model holds both the ego and the propagated embeddings.
 from __future__ import annotations
 
 import logging
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +40,7 @@ from mgrec.data.dataset import Dataset
 from mgrec.losses import bpr_loss
 from mgrec.metrics import METRICS
 from mgrec.recommender import Recommender
+from mgrec.sparse import to_torch_csr
 from mgrec.training import EarlyStopping, fit_epochs, torch_threads, validation_scorer
 
 __all__ = ["LightGCN", "LightGCNConfig", "normalized_adjacency", "propagate", "to_torch_csr"]
@@ -137,28 +137,6 @@ def normalized_adjacency(interactions: sp.spmatrix) -> sp.csr_matrix:
     adj = sp.csr_matrix((np.concatenate([vals, vals]), (rows, cols)), shape=(n, n))
     adj.sort_indices()
     return adj
-
-
-def to_torch_csr(matrix: sp.csr_matrix) -> torch.Tensor:
-    """A scipy CSR matrix as a ``float32`` torch sparse CSR tensor.
-
-    Args:
-        matrix: the matrix (int32 indices are kept when they fit, which is faster).
-
-    Returns:
-        A torch ``sparse_csr`` tensor of the same shape and values.
-    """
-    m = sp.csr_matrix(matrix, dtype=np.float32)
-    index = np.int32 if m.nnz < 2**31 - 1 and max(m.shape) < 2**31 - 1 else np.int64
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
-        return torch.sparse_csr_tensor(
-            torch.from_numpy(m.indptr.astype(index)),
-            torch.from_numpy(m.indices.astype(index)),
-            torch.from_numpy(np.ascontiguousarray(m.data, dtype=np.float32)),
-            size=m.shape,
-            check_invariants=False,
-        )
 
 
 class _SymmetricSpMM(torch.autograd.Function):

@@ -25,7 +25,6 @@ import importlib
 import math
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -41,11 +40,9 @@ __all__ = [
     "UserEncoder",
     "bag_sum",
     "bernoulli_keep",
-    "csr_tensor",
     "init_module",
     "masked_softmax",
     "set_generator",
-    "sparse_product",
     "time_buckets",
     "unique_rows",
     "weighted_sum",
@@ -223,38 +220,6 @@ def unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if not bool((uniq[inverse] == rows).all()):  # two rows shared a key: the exact, slower way
         uniq, inverse = torch.unique(rows, dim=0, return_inverse=True)
     return uniq, inverse
-
-
-class _SparseProduct(torch.autograd.Function):
-    """``S @ W`` for a constant sparse ``S`` given with its transpose; the gradient reaches ``W``
-    only, as ``S^T @ grad`` (no sort, no dense ``S``)."""
-
-    @staticmethod
-    def forward(ctx: Any, weight: torch.Tensor, matrix: torch.Tensor, transposed: torch.Tensor) -> torch.Tensor:
-        ctx.transposed = transposed
-        return matrix @ weight
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        return ctx.transposed @ grad, None, None
-
-
-def sparse_product(weight: torch.Tensor, matrix: torch.Tensor, transposed: torch.Tensor) -> torch.Tensor:
-    """``matrix @ weight`` for a sparse (CSR) ``matrix`` that takes no gradient, differentiable in
-    the dense ``weight``; ``transposed`` is ``matrix.T`` in CSR form (the backward product)."""
-    return _SparseProduct.apply(weight, matrix, transposed)
-
-
-def csr_tensor(matrix: Any, *, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """A scipy sparse matrix as a torch CSR tensor."""
-    import warnings
-
-    m = matrix.tocsr()
-    with warnings.catch_warnings():  # "sparse CSR support is in beta"
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.sparse_csr_tensor(torch.from_numpy(m.indptr.astype(np.int64)),
-                                       torch.from_numpy(m.indices.astype(np.int64)),
-                                       torch.from_numpy(m.data).to(dtype), size=m.shape, device=device)
 
 
 def weighted_sum(vectors: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:

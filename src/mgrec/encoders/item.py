@@ -12,17 +12,19 @@ the (event-strength weighted) mean of the content vectors of the items the user 
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mgrec.encoders import bag_sum, bernoulli_keep, sparse_product, weighted_sum
+from mgrec.encoders import bag_sum, bernoulli_keep, weighted_sum
 from mgrec.encoders.content import ItemContentEncoder
+from mgrec.sparse import sparse_product_csr, to_torch_csr
 
 __all__ = ["ItemContentEncoder", "ItemTower"]
 
@@ -429,14 +431,10 @@ class ItemTower(nn.Module):
         key = (idx.data_ptr(), idx._version, w.data_ptr(), w._version, tuple(idx.shape), str(idx.device))
         cached = self._bag_csr.value
         if cached is None or cached[0] != key:
-            rows = torch.arange(idx.shape[0], device=idx.device).unsqueeze(1).expand_as(idx)
-            keep = idx != 0  # token 0 is the padding token
-            index = torch.stack([rows[keep], idx[keep]])
-            shape = (idx.shape[0], self.n_bag_tokens + 1)
-            with warnings.catch_warnings():  # "sparse CSR support is in beta"
-                warnings.simplefilter("ignore", UserWarning)
-                coo = torch.sparse_coo_tensor(index, w[keep].to(self._dtype), shape, check_invariants=False).coalesce()
-                cached = (key, coo.to_sparse_csr(), coo.t().coalesce().to_sparse_csr())
+            codes, weights = idx.cpu().numpy(), w.detach().cpu().numpy()
+            r, c = np.nonzero(codes)  # token 0 is the padding token
+            bags = sp.csr_matrix((weights[r, c], (r, codes[r, c])), shape=(idx.shape[0], self.n_bag_tokens + 1))
+            cached = (key, to_torch_csr(bags, idx.device), to_torch_csr(bags.T, idx.device))
             self._bag_csr.value = cached
         return cached[1], cached[2]
 
@@ -468,7 +466,7 @@ class ItemTower(nn.Module):
         if self.bag_embedding is not None and bag_idx.shape[1] > 0:
             weight = self.bag_embedding.weight
             if catalogue_rows is not None and weight.requires_grad and torch.is_grad_enabled():
-                bags = sparse_product(weight, *self._bag_matrices())
+                bags = sparse_product_csr(weight, *self._bag_matrices())
                 out = out + (bags if catalogue_rows is ... else bags[catalogue_rows])
             else:
                 out = out + F.embedding_bag(bag_idx, weight, mode="sum", per_sample_weights=bag_w, padding_idx=0)

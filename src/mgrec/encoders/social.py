@@ -19,9 +19,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mgrec.encoders import csr_tensor, masked_softmax, sparse_product, unique_rows
+from mgrec.encoders import masked_softmax, unique_rows
 from mgrec.encoders.base import Batch
 from mgrec.encoders.item import ItemTower
+from mgrec.sparse import sparse_product
 
 __all__ = ["SocialEncoder", "normalized_adjacency"]
 
@@ -180,5 +181,4 @@ class SocialEncoder(nn.Module):
             picked = F.embedding(c, weight, sparse=True) * vals.unsqueeze(-1)
             return weight.new_zeros(len(codes), weight.shape[1]).index_add(0, r, picked)
         rows.resize((len(codes), weight.shape[0]))  # the table's padding row: no entries
-        return sparse_product(weight, csr_tensor(rows, device=weight.device, dtype=weight.dtype),
-                              csr_tensor(rows.T, device=weight.device, dtype=weight.dtype))
+        return sparse_product(weight, rows)

@@ -647,3 +647,26 @@ def test_social_multi_hop_rows_and_gradients_equal_the_dense_product(precomputed
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     torch.testing.assert_close(grad, enc.user_table.weight.grad, rtol=0, atol=1e-5)
     assert torch.all(grad[NU] == 0)
+
+
+def test_sparse_product_scipy_and_torch_paths_agree_with_the_dense_product():
+    """CPU float32 weights go through scipy, the rest through torch CSR tensors: both give
+    the dense product's values and ``S^T @ grad`` as the weight's gradient."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    from mgrec.sparse import sparse_product
+
+    m = sp.random(7, 11, density=0.3, format="csr", random_state=np.random.default_rng(3), dtype=np.float32)
+    dense = torch.from_numpy(m.toarray())
+    g = torch.randn(7, 5, generator=torch.Generator().manual_seed(1))
+    for dtype in (torch.float32, torch.float64):  # float64: the torch CSR path
+        w = torch.randn(11, 5, dtype=dtype, generator=torch.Generator().manual_seed(0), requires_grad=True)
+        out = sparse_product(w, m)
+        (out * g.to(dtype)).sum().backward()
+        ref_w = w.detach().clone().requires_grad_()
+        ref = dense.to(dtype) @ ref_w
+        (ref * g.to(dtype)).sum().backward()
+        assert out.dtype == dtype and out.shape == (7, 5)
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(w.grad, ref_w.grad, rtol=1e-5, atol=1e-5)

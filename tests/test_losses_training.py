@@ -74,3 +74,47 @@ def test_fit_epochs_without_validation_runs_all_epochs_and_eval_every():
     assert hist.best_epoch == 4 and math.isnan(hist.best_valid)
     with pytest.raises(ConfigError, match="patience must be at least 1"):
         EarlyStopping(patience=0)
+
+
+_ALLOC_PROBE = (
+    "import ctypes, sys; from mgrec.allocator import tune_malloc, MMAP_THRESHOLD; "
+    "ok = tune_malloc(); assert tune_malloc() is ok; print(ok)"
+)
+
+
+@pytest.mark.parametrize("setting, expected", [("1", "True"), ("0", "False")])
+def test_tune_malloc_follows_the_switch(setting: str, expected: str) -> None:
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    if setting == "1" and not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"):
+        pytest.skip("mallopt tuning needs glibc")
+    env = {**os.environ, "MGREC_MALLOC_TUNING": setting}
+    out = subprocess.run([sys.executable, "-c", _ALLOC_PROBE], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
+
+
+def test_tune_malloc_keeps_big_blocks_on_the_heap() -> None:
+    """Tuned, a freed 64 MiB tensor stays in the process for the next step to reuse; with
+    glibc's defaults (blocks above 32 MiB are always mmapped) it is unmapped on free."""
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    if not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"):
+        pytest.skip("mallopt tuning needs glibc")
+    probe = (
+        "import os, torch; from mgrec.allocator import tune_malloc; tune_malloc()\n"
+        "def rss():\n"
+        "    return int(open('/proc/self/statm').read().split()[1]) * os.sysconf('SC_PAGE_SIZE') >> 20\n"
+        "a = torch.ones(16 << 20); before = rss(); del a; print(before - rss())"
+    )
+    released = {}
+    for setting in ("0", "1"):
+        env = {**os.environ, "MGREC_MALLOC_TUNING": setting}
+        out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+        released[setting] = int(out.stdout.strip())  # MiB given back by the free
+    assert released["0"] >= 60 and released["1"] <= 4, released

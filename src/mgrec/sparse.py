@@ -13,12 +13,14 @@ import torch
 __all__ = ["sparse_product", "sparse_product_csr", "to_torch_csr"]
 
 
-def to_torch_csr(matrix: sp.spmatrix, device: torch.device | str | None = None) -> torch.Tensor:
-    """A scipy sparse matrix as a ``float32`` torch sparse CSR tensor.
+def to_torch_csr(matrix: sp.spmatrix, device: torch.device | str | None = None,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A scipy sparse matrix as a torch sparse CSR tensor.
 
     Args:
         matrix: the matrix (int32 indices are kept when they fit, which is faster).
         device: where the tensor lives (default: the CPU).
+        dtype: the values' type.
 
     Returns:
         A torch ``sparse_csr`` tensor of the same shape and values.
@@ -30,7 +32,7 @@ def to_torch_csr(matrix: sp.spmatrix, device: torch.device | str | None = None) 
         return torch.sparse_csr_tensor(
             torch.from_numpy(m.indptr.astype(index)),
             torch.from_numpy(m.indices.astype(index)),
-            torch.from_numpy(np.ascontiguousarray(m.data, dtype=np.float32)),
+            torch.from_numpy(np.ascontiguousarray(m.data, dtype=np.float32)).to(dtype),
             size=m.shape,
             check_invariants=False,
             device=device,
@@ -51,10 +53,34 @@ class _SparseProduct(torch.autograd.Function):
         return ctx.transposed @ grad, None, None
 
 
+class _ScipyProduct(torch.autograd.Function):
+    """``S @ W`` computed by scipy for a CPU ``float32`` ``W``: the product and its backward
+    pass ``S^T @ grad`` write straight into their outputs (torch's MKL path for a CSR tensor
+    zero-fills its output and copies it back, which costs more than the product itself when
+    ``S`` is a few hundred rows of a large matrix)."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: torch.Tensor, matrix: sp.csr_matrix) -> torch.Tensor:
+        ctx.matrix = matrix
+        return torch.from_numpy(np.asarray(matrix @ weight.detach().numpy(), dtype=np.float32))
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        g = grad.detach().to(torch.float32).contiguous().numpy()
+        return torch.from_numpy(np.asarray(ctx.matrix.T @ g, dtype=np.float32)), None
+
+
 def sparse_product(weight: torch.Tensor, matrix: sp.spmatrix) -> torch.Tensor:
     """``matrix @ weight`` for a scipy sparse ``matrix`` that takes no gradient, differentiable in
-    the dense ``weight`` (the backward pass is one more sparse product, with ``matrix.T``)."""
-    return sparse_product_csr(weight, to_torch_csr(matrix, weight.device), to_torch_csr(matrix.T, weight.device))
+    the dense ``weight`` (the backward pass is one more sparse product, with ``matrix.T``).
+
+    On the CPU with a ``float32`` weight, scipy computes both products; elsewhere (CUDA, other
+    dtypes, tracing for export) torch's CSR tensors do."""
+    if weight.device.type == "cpu" and weight.dtype == torch.float32 and not torch.jit.is_tracing() \
+            and not torch.compiler.is_compiling():
+        return _ScipyProduct.apply(weight, sp.csr_matrix(matrix, dtype=np.float32))
+    return sparse_product_csr(weight, to_torch_csr(matrix, weight.device, weight.dtype),
+                              to_torch_csr(matrix.T, weight.device, weight.dtype))
 
 
 def sparse_product_csr(weight: torch.Tensor, matrix: torch.Tensor, transposed: torch.Tensor) -> torch.Tensor:

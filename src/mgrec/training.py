@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from mgrec.allocator import tune_malloc
 from mgrec.data.dataset import to_csr
 from mgrec.errors import ConfigError
 
@@ -126,6 +127,7 @@ def fit_epochs(
     Returns:
         The history; the model holds the best epoch's weights.
     """
+    tune_malloc()  # step temporaries stay on the heap (see mgrec.allocator)
     st = state if state is not None else FitState()
     history = st.history
     epochs = range(st.epoch + 1, stopping.epochs + 1) if not st.finished else range(0)

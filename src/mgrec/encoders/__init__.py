@@ -173,7 +173,7 @@ def bernoulli_keep(
 
 
 def bag_sum(table: torch.Tensor, index: torch.Tensor, weights: torch.Tensor | None, *,
-             padding_idx: int) -> torch.Tensor:
+             padding_idx: int | None) -> torch.Tensor:
     """``sum_l weights[..., l] * table[index[..., l]]`` in one fused gather (no ``(..., L, D)``
     intermediate, in the forward or the backward pass).
 
@@ -181,7 +181,7 @@ def bag_sum(table: torch.Tensor, index: torch.Tensor, weights: torch.Tensor | No
         table: ``(N, D)`` float rows.
         index: int64 row indices ``(..., L)``; entries equal to ``padding_idx`` are skipped.
         weights: ``(..., L)`` factors, or ``None`` for ones.
-        padding_idx: the padding index.
+        padding_idx: the padding index (``None``: every index counts).
 
     Returns:
         ``(..., D)`` sums.

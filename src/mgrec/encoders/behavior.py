@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mgrec.encoders import N_TIME_BUCKETS, GenDropout, bag_sum, time_buckets
@@ -72,12 +73,11 @@ class _CausalBlock(nn.Module):
         """``x`` ``(B, L, D)``; ``mask`` ``(B, 1, L, L)`` additive float mask: 0 where the
         query may see the key, ``-inf`` elsewhere; every query must see at least one key."""
         b, n, d = x.shape
-        q, k, v = self.qkv(self.norm(x)).view(b, n, 3, self.n_heads, self.head_dim).unbind(dim=2)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H, L, dh)
-        # softmax over the allowed keys (masked ones get exactly 0). No dropout on the
-        # attention weights: a (B, H, L, L) mask from a CPU generator costs more than the block
-        scores = (q @ k.transpose(-1, -2)).mul_(1.0 / math.sqrt(self.head_dim)).add_(mask)
-        h = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(b, n, d)
+        q, k, v = self.qkv(self.norm(x)).view(b, n, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        # softmax(q k^T / sqrt(dh) + mask) v over the allowed keys (masked ones get exactly 0),
+        # in PyTorch's fused kernel. No dropout on the attention weights: a (B, H, L, L) mask
+        # from a CPU generator costs more than the block
+        h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b, n, d)
         x = x + self.drop(self.out(h))
         return x + self.ff(x)
 

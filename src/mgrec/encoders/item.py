@@ -24,7 +24,7 @@ from torch import nn
 
 from mgrec.encoders import bag_sum, bernoulli_keep, weighted_sum
 from mgrec.encoders.content import ItemContentEncoder
-from mgrec.sparse import sparse_product_csr, to_torch_csr
+from mgrec.sparse import sparse_product, sparse_product_csr, to_torch_csr
 
 __all__ = ["ItemContentEncoder", "ItemTower"]
 
@@ -424,9 +424,10 @@ class ItemTower(nn.Module):
             return torch.zeros(n, self.dim, device=device)
         return self._encode(*(t.to(device) for t in tensors))
 
-    def _bag_matrices(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _bag_matrices(self) -> tuple[sp.csr_matrix, torch.Tensor, torch.Tensor]:
         """The catalogue's bags as a sparse CSR matrix ``S`` (rows = items with the padding row,
-        columns = tokens, values = weights) and ``S^T``, built once per state of the buffers."""
+        columns = tokens, values = weights): the scipy matrix, then ``S`` and ``S^T`` as torch
+        CSR tensors, built once per state of the buffers."""
         idx, w = self.item_bag_idx, self.item_bag_w
         key = (idx.data_ptr(), idx._version, w.data_ptr(), w._version, tuple(idx.shape), str(idx.device))
         cached = self._bag_csr.value
@@ -434,9 +435,9 @@ class ItemTower(nn.Module):
             codes, weights = idx.cpu().numpy(), w.detach().cpu().numpy()
             r, c = np.nonzero(codes)  # token 0 is the padding token
             bags = sp.csr_matrix((weights[r, c], (r, codes[r, c])), shape=(idx.shape[0], self.n_bag_tokens + 1))
-            cached = (key, to_torch_csr(bags, idx.device), to_torch_csr(bags.T, idx.device))
+            cached = (key, bags, to_torch_csr(bags, idx.device), to_torch_csr(bags.T, idx.device))
             self._bag_csr.value = cached
-        return cached[1], cached[2]
+        return cached[1], cached[2], cached[3]
 
     def _index(self, items: torch.Tensor | None) -> torch.Tensor:
         if items is None:
@@ -457,17 +458,21 @@ class ItemTower(nn.Module):
 
         ``catalogue_rows``: where the rows come from: ``None`` (new items), ``...`` (the whole
         catalogue, padding row included) or a tensor of catalogue rows. While training, the
-        catalogue's bags are summed by a product with the fixed bag matrix (then gathered),
-        whose backward pass sorts nothing, unlike ``embedding_bag``'s.
+        whole catalogue's bags are summed by a product with the fixed bag matrix, a subset's
+        (the items one sampled-softmax step touches) by a product with its rows of that
+        matrix; neither backward pass sorts the token ids, unlike ``embedding_bag``'s.
         """
         out = self.id_embedding.weight.new_zeros(cat.shape[0], self.dim)
         for f, emb in enumerate(self.cat_embeddings):
             out = out + emb(cat[:, f])
         if self.bag_embedding is not None and bag_idx.shape[1] > 0:
             weight = self.bag_embedding.weight
-            if catalogue_rows is not None and weight.requires_grad and torch.is_grad_enabled():
-                bags = sparse_product_csr(weight, *self._bag_matrices())
-                out = out + (bags if catalogue_rows is ... else bags[catalogue_rows])
+            if catalogue_rows is ... and weight.requires_grad and torch.is_grad_enabled():
+                out = out + sparse_product_csr(weight, *self._bag_matrices()[1:])
+            elif catalogue_rows is not None and weight.requires_grad and torch.is_grad_enabled():
+                # a subset (the items a sampled-softmax step touches): only its rows of the matrix
+                rows = self._bag_matrices()[0][catalogue_rows.detach().cpu().numpy()]
+                out = out + sparse_product(weight, rows)
             else:
                 out = out + F.embedding_bag(bag_idx, weight, mode="sum", per_sample_weights=bag_w, padding_idx=0)
         if self.num_proj is not None:

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mgrec.encoders import masked_softmax, unique_rows
+from mgrec.encoders import bag_sum, masked_softmax, unique_rows
 from mgrec.encoders.base import Batch
 from mgrec.encoders.item import ItemTower
 from mgrec.sparse import sparse_product
@@ -131,12 +131,13 @@ class SocialEncoder(nn.Module):
         u_items = uniq[:, 1:]
         counts = (u_items != self.tower.n_items).sum(dim=1, keepdim=True).clamp(min=1)
         reps_u = self.user_table(uniq[:, 0]) + self.tower.pooled(u_items) / counts.to(self.user_table.weight.dtype)
-        reps = reps_u[where].reshape(b, f, -1)  # (B, F, D)
-        keys = self.key(reps_u)[where].reshape(b, f, -1)
+        slot = where.reshape(b, f)  # each friend slot's row in reps_u
+        keys = self.key(reps_u)[slot]  # (B, F, D)
         me = self.user_table(batch.users)
-        logits = (keys @ self.query(me).unsqueeze(-1)).squeeze(-1) / math.sqrt(reps.shape[-1])
+        logits = (keys @ self.query(me).unsqueeze(-1)).squeeze(-1) / math.sqrt(reps_u.shape[-1])
         w = masked_softmax(logits, valid)
-        vec = self.out((w.unsqueeze(-1) * reps).sum(dim=1))
+        # sum_f w[b, f] reps_u[slot[b, f]], fused (masked slots have weight 0)
+        vec = self.out(bag_sum(reps_u, slot, w, padding_idx=None))
         if self._adj is not None and self.hop_proj is not None:
             vec = vec + self.hop_proj(self._multi_hop(batch.users))
         return vec * present.unsqueeze(-1).to(vec.dtype), present

@@ -264,7 +264,8 @@ def test_windows_cover_every_target_once_with_enough_context(stride):
     n = np.diff(cb.indptr)
     covered = {}
     for u, a, c in zip(users.tolist(), first.tolist(), end.tolist(), strict=True):
-        assert 1 <= a < c <= n[u] and c - a <= stride
+        # a block holds `stride` targets, except the earliest, whose window starts at event 0
+        assert 1 <= a < c <= n[u] and (c - a <= stride or (a == 1 and c - 1 <= 4))
         for t in range(a, c):
             assert (u, t) not in covered
             covered[(u, t)] = True
@@ -272,6 +273,11 @@ def test_windows_cover_every_target_once_with_enough_context(stride):
             assert t - max(c - 1 - 4, 0) >= min(t, 4 - stride + 1)
     expect = {(u, t) for u in range(cb.n_users) for t in range(1, n[u])}
     assert set(covered) == expect
+    # the fewest passes with that guarantee: one per user with at most max_len + 1 events,
+    # and one more per `stride` targets beyond
+    passes = np.bincount(users, minlength=cb.n_users)
+    need = np.where(n > 1, 1 + np.maximum(0, np.ceil((n - 1 - 4) / stride)), 0)
+    assert (n > 5).any() and passes.tolist() == need.astype(int).tolist()
 
 
 def test_windows_bad_stride():
@@ -280,3 +286,18 @@ def test_windows_bad_stride():
     for bad in (0, 5):
         with pytest.raises(ConfigError, match="stride"):
             cb.windows(bad)
+
+
+def test_pack_steps_counts_off_targets_by_hand():
+    from mgrec.batching import pack_steps
+
+    sizes = np.array([3, 5, 2, 4, 1, 6])
+    order = np.array([5, 0, 2, 1, 4, 3])  # targets 6, 3, 2, 5, 1, 4: cumulative 6, 9, 11, 16, 17, 21
+    steps = pack_steps(order, sizes, batch_size=5)
+    # a block joins the step of its last target: 6 -> step 1, 9 -> 1, 11 -> 2, 16 -> 3, 17 -> 3, 21 -> 4
+    assert [s.tolist() for s in steps] == [[5, 0], [2], [1, 4], [3]]
+    assert [s.tolist() for s in pack_steps(order, sizes, batch_size=100)] == [order.tolist()]
+    assert [s.tolist() for s in pack_steps(order, sizes, batch_size=1)] == [[b] for b in order.tolist()]
+    assert pack_steps(np.array([], dtype=np.int64), sizes, batch_size=4) == []
+    with pytest.raises(ConfigError, match="batch_size"):
+        pack_steps(order, sizes, batch_size=0)

@@ -35,7 +35,7 @@ from mgrec.encoders.base import Batch
 from mgrec.errors import ConfigError, DataError
 from mgrec.feature_arrays import MAX_TOKENS, FeatureArrays, ItemArrays, build_item_arrays, feature_arrays
 
-__all__ = ["ContextBuilder", "FeatureArrays", "ItemArrays", "build_item_arrays", "feature_arrays"]
+__all__ = ["ContextBuilder", "FeatureArrays", "ItemArrays", "build_item_arrays", "feature_arrays", "pack_steps"]
 
 class ContextBuilder:
     """Per-user context arrays and vectorised :class:`Batch` construction.
@@ -132,14 +132,17 @@ class ContextBuilder:
     def windows(self, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Blocks of training targets for sequence models, one transformer pass each.
 
-        Each user's targets (positions ``1 .. n-1``) are cut, from the latest backwards, into
-        blocks ``[first, end)`` of at most ``stride`` positions. A block's pass reads the
-        window of the ``max_len`` events before position ``end - 1``; with
-        ``stride <= max_len`` every target then sees at least ``max_len - stride`` earlier
-        events (or its whole past), and every target lies in exactly one block.
+        A block ``[first, end)`` of a user's targets (positions ``1 .. n-1``) is served by one
+        pass over the window of the ``max_len`` events before position ``end - 1``. Blocks are
+        cut from the latest target backwards, ``stride`` targets each, until the remaining
+        targets ``1 .. end-1`` all fit in one window (``end - 1 <= max_len``); those form the
+        last block, where every target sees its whole past. So with ``stride <= max_len``
+        every target sees at least ``max_len - stride`` earlier events (or its whole past),
+        every target lies in exactly one block, and a user with at most ``max_len + 1`` events
+        needs one pass.
 
         Args:
-            stride: targets per block, ``1 .. max_len``.
+            stride: targets per block before the earliest one, ``1 .. max_len``.
 
         Returns:
             ``(users, first, end)`` int64 arrays, one entry per block.
@@ -147,11 +150,13 @@ class ContextBuilder:
         if not 1 <= stride <= self.max_len:
             raise ConfigError(f"stride must lie in 1..{self.max_len}, got {stride}")
         n = np.diff(self.indptr)
-        blocks = np.where(n > 1, -(-(n - 1) // stride), 0)
+        strided = np.where(n > 1, np.maximum(0, -(-(n - 1 - self.max_len) // stride)), 0)
+        blocks = strided + (n > 1)  # plus the earliest block
         users = np.repeat(np.arange(self.n_users, dtype=np.int64), blocks)
         k = np.arange(len(users), dtype=np.int64) - np.repeat(np.cumsum(blocks) - blocks, blocks)
         end = n[users] - k * stride
-        return users, np.maximum(end - stride, 1), end
+        first = np.where(k < strided[users], end - stride, 1)
+        return users, first, end
 
     def batch(
         self,
@@ -443,6 +448,31 @@ class ContextBuilder:
                 or self.trained.shape != (self.n_users,)):
             raise ValueError("context arrays do not match the saved sizes")
         return self
+
+
+def pack_steps(order: np.ndarray, sizes: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Cut an epoch's order of blocks into steps of about ``batch_size`` targets each.
+
+    Blocks are taken in ``order``; a block joins the step in which its last target falls when
+    targets are counted off in runs of ``batch_size`` (so a step holds ``batch_size`` targets
+    give or take one block, and every block is in exactly one step).
+
+    Args:
+        order: block indices in the epoch's order.
+        sizes: ``(n_blocks,)`` the number of targets of each block (all positive).
+        batch_size: targets per step.
+
+    Returns:
+        The steps, each an array of block indices (in ``order``'s order).
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    order = np.asarray(order, dtype=np.int64)
+    if len(order) == 0:
+        return []
+    step = (np.cumsum(np.asarray(sizes)[order]) - 1) // batch_size
+    cuts = np.flatnonzero(np.diff(step)) + 1
+    return np.split(order, cuts)
 
 
 def _gather(values: np.ndarray, pos: np.ndarray, valid: np.ndarray, fill: float) -> np.ndarray:

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from mgrec.baselines import check_fitted, check_users
-from mgrec.batching import ContextBuilder
+from mgrec.batching import ContextBuilder, pack_steps
 from mgrec.config import from_dict, to_dict
 from mgrec.data.dataset import Dataset
 from mgrec.data.features import EncodedFeatures, FeatureEncoder, encode_features
@@ -221,23 +221,24 @@ class MGR(ServingMixin, Recommender):
                        order: torch.Generator | None = None) -> float:
         """Sequence mode: one transformer pass per window of events serves every target in
         its block (:meth:`ContextBuilder.windows`); the other granularities are encoded per
-        target from the events before it, at the request time scoring uses. Windows are
-        sharded across ranks like examples (:meth:`_epoch`)."""
+        target from the events before it, at the request time scoring uses. A step takes
+        blocks until it holds ``batch_size`` targets (:func:`~mgrec.batching.pack_steps`);
+        with several ranks, each takes its share of the step's blocks."""
         from mgrec.distributed import current
 
         cfg, net, ctx, dctx = self.config, self.net_, self.context_, current()
         assert net is not None and ctx is not None
-        stride = max(1, ctx.max_len // 2)
-        users, first, end = ctx.windows(stride)
+        users, first, end = ctx.windows(max(1, ctx.max_len // 2))
         net.train()
         order = gen if order is None else order
-        perm = dctx.shard(torch.randperm(len(users), generator=order, device=order.device).cpu().numpy())
+        perm = torch.randperm(len(users), generator=order, device=order.device).cpu().numpy()
         params = [p for group in opt.param_groups for p in group["params"]]
-        per = dctx.local_batch(max(1, cfg.batch_size // stride))
         behavior = net.encoders["behavior"]
         total, seen = 0.0, 0
-        for start in range(0, len(perm), per):
-            w = perm[start:start + per]
+        # steps of batch_size targets (blocks hold up to max_len); each rank takes its share
+        # of every step's blocks, so all ranks run the same number of steps
+        for step in pack_steps(perm, end - first, cfg.batch_size):
+            w = dctx.shard(step)
             u, a, c = users[w], first[w], end[w]
             n_t = c - a
             row = np.repeat(np.arange(len(w)), n_t)

@@ -267,6 +267,25 @@ def test_window_state_of_a_block_end_equals_scoring_state(trained):
     torch.testing.assert_close(states, direct)
 
 
+def test_window_content_tastes_equal_the_per_target_item_granularity(trained):
+    """Sequence training sums each block's content vectors by prefix sums: every target gets
+    the item-granularity vector the encoder computes from its own history (the max_len
+    events before it), including targets whose history starts before the block's window."""
+    ctx, net = trained.context_, trained.net_
+    enc = net.encoders["item"]
+    users, first, end = ctx.windows(max(1, ctx.max_len // 2))
+    assert (end - first).max() > 1 and ((first > 1) & (end - first > 1)).any()
+    u, a, c = users, first, end
+    n_t = c - a
+    row = np.repeat(np.arange(len(u)), n_t)
+    t = a[row] + np.arange(len(row)) - np.repeat(np.cumsum(n_t) - n_t, n_t)
+    with torch.no_grad(), net.item_tower.shared_content():
+        vec, present = trained._window_tastes(u, a, c, row, t)
+        ref, ref_present = enc(ctx.batch(u[row], cutoff=t))
+    assert torch.equal(present, ref_present) and present.any()
+    torch.testing.assert_close(vec, ref, rtol=1e-4, atol=1e-5)
+
+
 def test_cold_dropout_trains_batches_without_history(data, monkeypatch):
     """With cold_dropout, some training batches are encoded with the history granularities
     absent (as for a new user); without it, none are."""

@@ -132,17 +132,14 @@ class ContextBuilder:
     def windows(self, stride: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Blocks of training targets for sequence models, one transformer pass each.
 
-        A block ``[first, end)`` of a user's targets (positions ``1 .. n-1``) is served by one
-        pass over the window of the ``max_len`` events before position ``end - 1``. Blocks are
-        cut from the latest target backwards, ``stride`` targets each, until the remaining
-        targets ``1 .. end-1`` all fit in one window (``end - 1 <= max_len``); those form the
-        last block, where every target sees its whole past. So with ``stride <= max_len``
-        every target sees at least ``max_len - stride`` earlier events (or its whole past),
-        every target lies in exactly one block, and a user with at most ``max_len + 1`` events
-        needs one pass.
+        Each user's targets (positions ``1 .. n-1``) are cut, from the latest backwards, into
+        blocks ``[first, end)`` of at most ``stride`` positions. A block's pass reads the
+        window of the ``max_len`` events before position ``end - 1``; with
+        ``stride <= max_len`` every target then sees at least ``max_len - stride`` earlier
+        events (or its whole past), and every target lies in exactly one block.
 
         Args:
-            stride: targets per block before the earliest one, ``1 .. max_len``.
+            stride: targets per block, ``1 .. max_len``.
 
         Returns:
             ``(users, first, end)`` int64 arrays, one entry per block.
@@ -150,13 +147,11 @@ class ContextBuilder:
         if not 1 <= stride <= self.max_len:
             raise ConfigError(f"stride must lie in 1..{self.max_len}, got {stride}")
         n = np.diff(self.indptr)
-        strided = np.where(n > 1, np.maximum(0, -(-(n - 1 - self.max_len) // stride)), 0)
-        blocks = strided + (n > 1)  # plus the earliest block
+        blocks = np.where(n > 1, -(-(n - 1) // stride), 0)
         users = np.repeat(np.arange(self.n_users, dtype=np.int64), blocks)
         k = np.arange(len(users), dtype=np.int64) - np.repeat(np.cumsum(blocks) - blocks, blocks)
         end = n[users] - k * stride
-        first = np.where(k < strided[users], end - stride, 1)
-        return users, first, end
+        return users, np.maximum(end - stride, 1), end
 
     def batch(
         self,

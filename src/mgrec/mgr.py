@@ -253,7 +253,10 @@ class MGR(ServingMixin, Recommender):
                 # time: scoring never knows when the next event will happen
                 prev = ctx.times[ctx.indptr[u[row]] + t - 1].astype(np.float64) + 1.0
                 batch = ctx.batch(u[row], cutoff=t, times=prev if ctx.has_time else None)
-                loss = self._loss(dctx.place(batch), target, gen, log_q, given={"behavior": (vec, present)})
+                given = {"behavior": (vec, present)}
+                if "item" in net.encoders:  # the content taste over the same histories, by block
+                    given["item"] = self._window_tastes(u, a, c, row, t)
+                loss = self._loss(dctx.place(batch), target, gen, log_q, given=given)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             dctx.average_gradients(params)
@@ -261,6 +264,30 @@ class MGR(ServingMixin, Recommender):
             total += float(loss.detach()) * len(row)
             seen += len(row)
         return dctx.mean(total, seen)
+
+    def _window_tastes(self, u: np.ndarray, a: np.ndarray, c: np.ndarray, row: np.ndarray,
+                       t: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``item`` granularity of every target of blocks ``[a, c)`` of users ``u`` (target
+        ``t`` of block ``row``): the content taste of the ``max_len`` events before ``t``, the
+        history :meth:`ContextBuilder.batch` gives at cutoff ``t``, summed per block."""
+        from mgrec.distributed import current
+
+        ctx, net, dctx = self.context_, self.net_, current()
+        assert ctx is not None and net is not None
+        L = ctx.max_len
+        lo = np.maximum(0, a - L)  # the earliest event any target of the block reads
+        width = int((c - 1 - lo).max())
+        base = c - 1 - width  # the user position of column 0 (columns end at event c - 2)
+        pos = base[:, None] + np.arange(width)[None, :]
+        real = pos >= lo[:, None]
+        flat = ctx.indptr[u][:, None] + np.where(real, pos, 0)
+        items = np.where(real, ctx.items[flat], ctx.n_items)
+        weights = np.where(real, ctx.weights[flat], 0.0).astype(np.float32)
+        start, stop = np.maximum(0, t - L) - base[row], t - base[row]
+        to = dctx.place
+        return net.encoders["item"].window_tastes(
+            to(torch.from_numpy(items)), to(torch.from_numpy(weights)), to(torch.from_numpy(row)),
+            to(torch.from_numpy(start)), to(torch.from_numpy(stop)))
 
     def _loss(self, batch: Any, target: torch.Tensor, gen: torch.Generator, log_q: torch.Tensor,
               given: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:

@@ -604,7 +604,9 @@ def test_catalogue_bags_by_fixed_product_match_embedding_bag_in_values_and_gradi
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
-def test_social_friend_vectors_equal_the_per_row_computation():
+@pytest.mark.parametrize("pair_scores_max", [0, 1 << 21])  # gathered keys, (friends x rows) product
+def test_social_friend_vectors_equal_the_per_row_computation(pair_scores_max, monkeypatch):
+    monkeypatch.setattr("mgrec.encoders.social.PAIR_SCORES_MAX", pair_scores_max)
     root, enc = build("social")
     batch = make_batch()
     batch = replace(batch, friends=torch.cat([batch.friends[:, :1], batch.friends], 1),  # a repeated friend
@@ -670,3 +672,34 @@ def test_sparse_product_scipy_and_torch_paths_agree_with_the_dense_product():
         assert out.dtype == dtype and out.shape == (7, 5)
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(w.grad, ref_w.grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("weighted", ["none", "constant", "learned"])
+def test_bag_sum_matches_embedding_bag_in_values_and_gradients(weighted):
+    """Training with constant weights goes through a sparse product, learned weights through
+    embedding_bag: both equal embedding_bag's sums and gradients, padding skipped."""
+    import torch.nn.functional as F
+
+    from mgrec.encoders import bag_sum
+
+    gen = torch.Generator().manual_seed(0)
+    table = torch.randn(9, 4, generator=gen, requires_grad=True)
+    index = torch.randint(0, 9, (2, 3, 5), generator=gen)
+    index[0, 0, :2] = 8  # padding
+    index[1, 2] = 8  # a bag of padding only
+    weights = None if weighted == "none" else torch.rand(2, 3, 5, generator=gen, requires_grad=weighted == "learned")
+    g = torch.randn(2, 3, 4, generator=gen)
+    out = bag_sum(table, index, weights, padding_idx=8)
+    (out * g).sum().backward()
+    grads = [table.grad.clone()] + ([weights.grad.clone()] if weighted == "learned" else [])
+    table.grad = None
+    if weighted == "learned":
+        weights.grad = None
+    psw = None if weights is None else weights.reshape(6, 5)
+    ref = F.embedding_bag(index.reshape(6, 5), table, mode="sum", per_sample_weights=psw, padding_idx=8).reshape(2, 3, 4)
+    (ref * g).sum().backward()
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(grads[0], table.grad)
+    assert torch.equal(out[1, 2], torch.zeros(4)) and torch.equal(grads[0][8], torch.zeros(4))
+    if weighted == "learned":
+        torch.testing.assert_close(grads[1], weights.grad)

@@ -86,10 +86,11 @@ def sampled_softmax_loss(
         pos = pos - pos_log_q
     if neg_log_q is not None:
         neg = neg - neg_log_q
-    if accidental is not None:
-        neg = neg.masked_fill(accidental, float("-inf"))
-    logits = torch.cat([pos.unsqueeze(1), neg], dim=1)
-    losses = torch.logsumexp(logits, dim=1) - logits[:, 0]
+    if accidental is not None:  # in place on a fresh tensor when corrected (one pass less)
+        neg = neg.masked_fill_(accidental, float("-inf")) if neg_log_q is not None \
+            else neg.masked_fill(accidental, float("-inf"))
+    # log(exp(pos) + sum_j exp(neg_j)) without concatenating the (B, 1 + M) logits
+    losses = torch.logaddexp(pos, torch.logsumexp(neg, dim=1)) - pos
     return _masked_mean(losses, mask)
 
 

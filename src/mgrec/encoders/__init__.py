@@ -25,9 +25,12 @@ import importlib
 import math
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mgrec.sparse import sparse_product
 
 __all__ = [
     "N_TIME_BUCKETS",
@@ -188,8 +191,33 @@ def bag_sum(table: torch.Tensor, index: torch.Tensor, weights: torch.Tensor | No
     """
     flat = index.reshape(-1, index.shape[-1])
     psw = None if weights is None else weights.to(table.dtype).reshape(flat.shape)
-    out = F.embedding_bag(flat, table, mode="sum", per_sample_weights=psw, padding_idx=padding_idx)
+    if _by_sparse_product(table, psw):
+        out = sparse_product(table, _bag_matrix(flat, psw, table.shape[0], padding_idx))
+    else:
+        out = F.embedding_bag(flat, table, mode="sum", per_sample_weights=psw, padding_idx=padding_idx)
     return out.reshape(*index.shape[:-1], table.shape[1])
+
+
+def _by_sparse_product(table: torch.Tensor, weights: torch.Tensor | None) -> bool:
+    """Training on the CPU with constant weights: a sparse product (its backward is one more
+    product, where ``embedding_bag``'s sorts every index of the batch; 3x faster for a batch
+    of 1024 histories of 50)."""
+    return table.requires_grad and torch.is_grad_enabled() and table.device.type == "cpu" \
+        and table.dtype == torch.float32 and (weights is None or not weights.requires_grad) \
+        and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+
+
+def _bag_matrix(flat: torch.Tensor, weights: torch.Tensor | None, n_rows: int, padding_idx: int | None) -> Any:
+    """The ``(bags, n_rows)`` scipy CSR matrix of ``flat`` ``(bags, L)`` with ``weights``
+    (padding entries weigh 0)."""
+    import scipy.sparse as sp
+
+    idx = flat.detach().cpu().numpy()
+    w = np.ones(idx.shape, np.float32) if weights is None else weights.detach().cpu().numpy().astype(np.float32)
+    if padding_idx is not None:
+        w = np.where(idx == padding_idx % n_rows, 0.0, w).astype(np.float32)
+    indptr = np.arange(idx.shape[0] + 1, dtype=np.int64) * idx.shape[1]
+    return sp.csr_matrix((w.ravel(), idx.ravel(), indptr), shape=(idx.shape[0], n_rows))
 
 
 def _row_key_weights(n: int) -> torch.Tensor:

@@ -391,8 +391,18 @@ class ItemTower(nn.Module):
         if rows is None:
             return self._encode(self.item_cat, self.item_num, self.item_bag_idx, self.item_bag_w,
                                 self.item_time, catalogue_rows=...)
-        return self._encode(self.item_cat[rows], self.item_num[rows], self.item_bag_idx[rows],
-                            self.item_bag_w[rows], self.item_time[rows], catalogue_rows=rows)
+        if self._bags_by_product():  # the rows' bags come from the bag matrix: no gather
+            bag_idx, bag_w = self.item_bag_idx[:0], self.item_bag_w[:0]
+        else:
+            bag_idx, bag_w = self.item_bag_idx[rows], self.item_bag_w[rows]
+        return self._encode(self.item_cat[rows], self.item_num[rows], bag_idx, bag_w, self.item_time[rows],
+                            catalogue_rows=rows)
+
+    def _bags_by_product(self) -> bool:
+        """Whether catalogue rows' bags are summed by a product with the bag matrix (training)
+        rather than by ``embedding_bag`` over the padded bag buffers."""
+        return self.bag_embedding is not None and self.item_bag_idx.shape[1] > 0 \
+            and self.bag_embedding.weight.requires_grad and torch.is_grad_enabled()
 
     def vectors_for_features(
         self,
@@ -465,16 +475,16 @@ class ItemTower(nn.Module):
         out = self.id_embedding.weight.new_zeros(cat.shape[0], self.dim)
         for f, emb in enumerate(self.cat_embeddings):
             out = out + emb(cat[:, f])
-        if self.bag_embedding is not None and bag_idx.shape[1] > 0:
+        if catalogue_rows is not None and self._bags_by_product():
             weight = self.bag_embedding.weight
-            if catalogue_rows is ... and weight.requires_grad and torch.is_grad_enabled():
+            if catalogue_rows is ...:
                 out = out + sparse_product_csr(weight, *self._bag_matrices()[1:])
-            elif catalogue_rows is not None and weight.requires_grad and torch.is_grad_enabled():
-                # a subset (the items a sampled-softmax step touches): only its rows of the matrix
+            else:  # a subset (the items a sampled-softmax step touches): its rows of the matrix
                 rows = self._bag_matrices()[0][catalogue_rows.detach().cpu().numpy()]
                 out = out + sparse_product(weight, rows)
-            else:
-                out = out + F.embedding_bag(bag_idx, weight, mode="sum", per_sample_weights=bag_w, padding_idx=0)
+        elif self.bag_embedding is not None and bag_idx.shape[1] > 0:
+            weight = self.bag_embedding.weight
+            out = out + F.embedding_bag(bag_idx, weight, mode="sum", per_sample_weights=bag_w, padding_idx=0)
         if self.num_proj is not None:
             out = out + self.num_proj(num)
         if self.time_proj is not None:

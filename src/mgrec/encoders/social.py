@@ -28,6 +28,9 @@ __all__ = ["SocialEncoder", "normalized_adjacency"]
 
 #: The most entries of ``Â^hops`` kept for every user at once (see ``SocialEncoder._reach_matrix``).
 REACH_MAX_NNZ = 20_000_000
+#: Attention logits come from one (distinct friends x rows) product while it has at most this
+#: many entries (a batch of few distinct friends), else from a gather of each slot's key.
+PAIR_SCORES_MAX = 1 << 21
 
 
 def normalized_adjacency(adjacency: sp.spmatrix, n_users: int) -> sp.csr_matrix:
@@ -124,7 +127,8 @@ class SocialEncoder(nn.Module):
         # (a popular friend recurs across the batch; friends of the same cutoff share windows)
         b, f, length = f_items.shape
         pairs = torch.cat([friends.unsqueeze(-1), f_items], dim=-1).reshape(b * f, length + 1)
-        if torch.compiler.is_compiling() or torch.jit.is_tracing():  # export: no data-dependent shapes
+        exporting = torch.compiler.is_compiling() or torch.jit.is_tracing()
+        if exporting:  # no data-dependent shapes or branches
             uniq, where = pairs, torch.arange(b * f, device=pairs.device)
         else:
             uniq, where = unique_rows(pairs)
@@ -132,9 +136,12 @@ class SocialEncoder(nn.Module):
         counts = (u_items != self.tower.n_items).sum(dim=1, keepdim=True).clamp(min=1)
         reps_u = self.user_table(uniq[:, 0]) + self.tower.pooled(u_items) / counts.to(self.user_table.weight.dtype)
         slot = where.reshape(b, f)  # each friend slot's row in reps_u
-        keys = self.key(reps_u)[slot]  # (B, F, D)
-        me = self.user_table(batch.users)
-        logits = (keys @ self.query(me).unsqueeze(-1)).squeeze(-1) / math.sqrt(reps_u.shape[-1])
+        keys, query = self.key(reps_u), self.query(self.user_table(batch.users))
+        if not exporting and keys.shape[0] * b <= PAIR_SCORES_MAX:  # few distinct friends: all (friend, row)
+            scores = (keys @ query.T)[slot, torch.arange(b, device=slot.device).unsqueeze(1)]
+        else:  # gather each slot's key
+            scores = (keys[slot] @ query.unsqueeze(-1)).squeeze(-1)
+        logits = scores / math.sqrt(reps_u.shape[-1])
         w = masked_softmax(logits, valid)
         # sum_f w[b, f] reps_u[slot[b, f]], fused (masked slots have weight 0)
         vec = self.out(bag_sum(reps_u, slot, w, padding_idx=None))

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from mgrec.batching import ContextBuilder
 from mgrec.data.dataset import Dataset, FeatureTable, SocialGraph
@@ -295,3 +296,19 @@ def test_pack_steps_counts_off_targets_by_hand():
     assert pack_steps(np.array([], dtype=np.int64), sizes, batch_size=4) == []
     with pytest.raises(ConfigError, match="batch_size"):
         pack_steps(order, sizes, batch_size=0)
+
+
+def test_batch_history_keeps_the_latest_columns_only():
+    ds = make_synthetic(SyntheticConfig(n_users=30, n_items=25, mean_events=8), seed=2)
+    cb = ContextBuilder(ds, ds.interactions, max_len=5, max_friends=2, friend_len=2)
+    users = np.arange(cb.n_users)
+    cut = np.minimum(np.diff(cb.indptr), 3)
+    full, short = cb.batch(users, cutoff=cut), cb.batch(users, cutoff=cut, history=2)
+    for name in ("hist_items", "hist_times", "hist_weights"):
+        assert getattr(short, name).shape == (cb.n_users, 2)
+        assert torch.equal(getattr(short, name), getattr(full, name)[:, -2:])
+    for name in ("users", "time", "friends", "friend_items", "user_cat"):
+        assert torch.equal(getattr(short, name), getattr(full, name))
+    for bad in (0, 6):
+        with pytest.raises(ConfigError, match="history"):
+            cb.batch(users, history=bad)

@@ -232,10 +232,11 @@ def test_sequence_mode_trains_per_window_at_the_serving_request_time(data, monke
     calls: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     original = ContextBuilder.batch
 
-    def spy(self, users, *, times=None, cutoff=None, exclude=None):
-        out = original(self, users, times=times, cutoff=cutoff, exclude=exclude)
+    def spy(self, users, *, times=None, cutoff=None, exclude=None, history=None):
+        out = original(self, users, times=times, cutoff=cutoff, exclude=exclude, history=history)
         if cutoff is not None and times is not None:
             calls.append((np.asarray(users), np.asarray(cutoff), np.asarray(times)))
+            assert history == 1 and out.hist_items.shape[1] == 1  # the time granularity's latest event
         return out
 
     monkeypatch.setattr(ContextBuilder, "batch", spy)
@@ -265,6 +266,20 @@ def test_window_state_of_a_block_end_equals_scoring_state(trained):
         direct, present = beh(ctx.batch(u, cutoff=c - 1))
     assert present.all()
     torch.testing.assert_close(states, direct)
+
+
+def test_states_of_the_last_positions_only_equal_the_full_pass(trained):
+    """Training reads a window's last `stride` states, so the last block computes only those
+    (every position is still a key): the same values as the full pass."""
+    ctx, beh = trained.context_, trained.net_.encoders["behavior"]
+    users, _, end = ctx.windows(max(1, ctx.max_len // 2))
+    batch = ctx.batch(users[:50], cutoff=end[:50] - 1)
+    with torch.no_grad():
+        full = beh.states(batch)
+        for k in (1, 3, ctx.max_len // 2, ctx.max_len, ctx.max_len + 5):
+            part = beh.states(batch, last=k)
+            assert part.shape == (50, min(k, full.shape[1]), full.shape[2])
+            torch.testing.assert_close(part, full[:, -part.shape[1]:], rtol=1e-5, atol=1e-6)
 
 
 def test_window_content_tastes_equal_the_per_target_item_granularity(trained):

@@ -160,6 +160,7 @@ class ContextBuilder:
         times: np.ndarray | None = None,
         cutoff: np.ndarray | None = None,
         exclude: np.ndarray | None = None,
+        history: int | None = None,
     ) -> Batch:
         """Rows of (user, context).
 
@@ -172,6 +173,8 @@ class ContextBuilder:
                 context. Default: the whole history.
             exclude: ``(B,)`` positions to leave out of the context (leave-target-out for
                 order-free training); ``-1`` leaves nothing out.
+            history: keep only the last ``history`` of the ``max_len`` history columns (for
+                callers that give the history granularities' vectors themselves).
 
         Returns:
             The padded :class:`Batch` on the CPU.
@@ -188,6 +191,10 @@ class ContextBuilder:
             if arr is not None and np.shape(arr) != users.shape:
                 raise ConfigError(f"{name} must have shape {users.shape}, got {np.shape(arr)}")
         pos, valid = self._window(start, end, exclude)
+        if history is not None:
+            if not 1 <= history <= self.max_len:
+                raise ConfigError(f"history must lie in 1..{self.max_len}, got {history}")
+            pos, valid = pos[:, -history:], valid[:, -history:]
         hist_items = _gather(self.items, pos, valid, self.n_items)
         hist_times = _gather(self.times, pos, valid, 0)
         hist_w = _gather(self.weights, pos, valid, 0)

@@ -228,7 +228,8 @@ class MGR(ServingMixin, Recommender):
 
         cfg, net, ctx, dctx = self.config, self.net_, self.context_, current()
         assert net is not None and ctx is not None
-        users, first, end = ctx.windows(max(1, ctx.max_len // 2))
+        stride = max(1, ctx.max_len // 2)
+        users, first, end = ctx.windows(stride)
         net.train()
         order = gen if order is None else order
         perm = torch.randperm(len(users), generator=order, device=order.device).cpu().numpy()
@@ -243,19 +244,22 @@ class MGR(ServingMixin, Recommender):
             n_t = c - a
             row = np.repeat(np.arange(len(w)), n_t)
             t = a[row] + np.arange(len(row)) - np.repeat(np.cumsum(n_t) - n_t, n_t)
-            col = ctx.max_len - c[row] + t  # the window column of event t - 1
+            # the column of event t - 1 among the window's last `stride` states (a block's
+            # targets read only those, so only those are computed in the last block)
+            col = stride - c[row] + t
             target = dctx.place(torch.from_numpy(ctx.items[ctx.indptr[u[row]] + t]))
             with net.item_tower.shared_content():
-                states = behavior.states(dctx.place(ctx.batch(u, cutoff=c - 1)))
+                states = behavior.states(dctx.place(ctx.batch(u, cutoff=c - 1)), last=stride)
                 vec = states[dctx.place(torch.from_numpy(row)), dctx.place(torch.from_numpy(col))]
                 present = torch.ones(len(row), dtype=torch.bool, device=vec.device)
                 # the request time of scoring (the previous event + 1 s), not the target's own
                 # time: scoring never knows when the next event will happen
                 prev = ctx.times[ctx.indptr[u[row]] + t - 1].astype(np.float64) + 1.0
-                batch = ctx.batch(u[row], cutoff=t, times=prev if ctx.has_time else None)
                 given = {"behavior": (vec, present)}
                 if "item" in net.encoders:  # the content taste over the same histories, by block
                     given["item"] = self._window_tastes(u, a, c, row, t)
+                # the other granularities read at most the latest event of the history
+                batch = ctx.batch(u[row], cutoff=t, times=prev if ctx.has_time else None, history=1)
                 loss = self._loss(dctx.place(batch), target, gen, log_q, given=given)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -69,15 +69,27 @@ class _CausalBlock(nn.Module):
         self.drop = GenDropout(dropout)
         self.ff = _FeedForward(dim, dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, n_queries: int | None = None) -> torch.Tensor:
         """``x`` ``(B, L, D)``; ``mask`` ``(B, 1, L, L)`` additive float mask: 0 where the
-        query may see the key, ``-inf`` elsewhere; every query must see at least one key."""
+        query may see the key, ``-inf`` elsewhere; every query must see at least one key.
+
+        ``n_queries``: compute only the last ``n_queries`` positions' outputs (every position
+        is still a key), ``(B, n_queries, D)``: what a last block owes when only those are read.
+        """
         b, n, d = x.shape
-        q, k, v = self.qkv(self.norm(x)).view(b, n, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        h = self.norm(x)
+        if n_queries is None or n_queries >= n:
+            q, k, v = self.qkv(h).view(b, n, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        else:
+            x, m = x[:, -n_queries:], n_queries
+            w, bias = self.qkv.weight, self.qkv.bias
+            q = F.linear(h[:, -m:], w[:d], bias[:d]).view(b, m, self.n_heads, self.head_dim).transpose(1, 2)
+            k, v = F.linear(h, w[d:], bias[d:]).view(b, n, 2, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            mask = mask[:, :, -m:]
         # softmax(q k^T / sqrt(dh) + mask) v over the allowed keys (masked ones get exactly 0),
         # in PyTorch's fused kernel. No dropout on the attention weights: a (B, H, L, L) mask
         # from a CPU generator costs more than the block
-        h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b, n, d)
+        h = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2).reshape(b, q.shape[2], d)
         x = x + self.drop(self.out(h))
         return x + self.ff(x)
 
@@ -165,9 +177,14 @@ class BehaviorEncoder(nn.Module):
         out = states[torch.arange(b, device=x.device), last]
         return out * present.unsqueeze(-1).to(out.dtype), present
 
-    def states(self, batch: Batch) -> torch.Tensor:
+    def states(self, batch: Batch, last: int | None = None) -> torch.Tensor:
         """Sequence mode: ``(B, L', D)`` states of the last ``L' = min(L, max_len)`` positions;
         position ``i`` depends only on events ``<= i``; padded positions are zero.
+
+        Args:
+            batch: the rows.
+            last: return only the last ``last`` positions' states (the same values; the final
+                block then computes only those, the others still serve as its keys).
 
         Raises:
             ConfigError: in set mode.
@@ -175,8 +192,8 @@ class BehaviorEncoder(nn.Module):
         if self.mode != "sequence":
             raise ConfigError("states() needs the sequence mode")
         x, valid = self._inputs(batch)
-        states = self._states(x, valid, batch.hist_times[:, -self.max_len:])
-        return states * valid.unsqueeze(-1).to(states.dtype)
+        states = self._states(x, valid, batch.hist_times[:, -self.max_len:], n_out=last)
+        return states * valid[:, -states.shape[1]:].unsqueeze(-1).to(states.dtype)
 
     def _inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Gated input vectors ``(B, L', D)`` of the last ``max_len`` events and their mask;
@@ -195,7 +212,7 @@ class BehaviorEncoder(nn.Module):
         return torch.sigmoid(self.gate(strength.unsqueeze(-1))).squeeze(-1)
 
     def _states(
-        self, x: torch.Tensor, valid: torch.Tensor, times: torch.Tensor
+        self, x: torch.Tensor, valid: torch.Tensor, times: torch.Tensor, n_out: int | None = None
     ) -> torch.Tensor:
         n = x.shape[1]
         pos = torch.arange(self.max_len - n, self.max_len, device=x.device)
@@ -214,9 +231,13 @@ class BehaviorEncoder(nn.Module):
         eye = torch.eye(n, dtype=torch.bool, device=x.device)
         allowed = ((causal.unsqueeze(0) & valid.unsqueeze(1)) | eye).unsqueeze(1)  # (B, 1, Lq, Lk)
         mask = torch.zeros(allowed.shape, dtype=x.dtype, device=x.device).masked_fill_(~allowed, -math.inf)
-        for block in self.blocks:
-            x = block(x, mask) * keep
-        return self.norm(x)
+        n_out = n if n_out is None else max(1, min(int(n_out), n))
+        for i, block in enumerate(self.blocks):
+            if i == len(self.blocks) - 1 and n_out < n:  # the last block: only the positions read
+                x = block(x, mask, n_out) * keep[:, -n_out:]
+            else:
+                x = block(x, mask) * keep
+        return self.norm(x[:, -n_out:])
 
     def _set(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         hist = batch.hist_items[:, -self.max_len:]

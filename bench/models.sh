@@ -36,6 +36,10 @@ run() {
     # lastfm-2k: loss "auto" = sampled softmax (17,632 items > 10,000); rows at commit 362232c
     itemitem-lastfm-2k-random) $MGREC benchmark --datasets lastfm-2k --models mgr --split random --seeds 3 --no-tune \
         --out $R/mgr-itemitem-lastfm-2k-random.json ;;
+    # ciao's neural baselines under `random` (tuned on seed 0's validation, like the others)
+    ciao-random-neural) $MGREC benchmark --datasets ciao --models lightgcn,multivae --split random --seeds 3 \
+        --out $R/models-ciao-random-lgcn-mvae.json
+        $MGREC benchmark --datasets ciao --models sasrec --split random --seeds 3 --out $R/models-ciao-random-sasrec.json ;;
     itemitem-ciao) $MGREC benchmark --datasets ciao --models mgr --split random --seeds 3 --no-tune \
         --out $R/mgr-itemitem-ciao-random.json
         $MGREC benchmark --datasets ciao --models mgr --split loo --seeds 3 --no-tune --out $R/mgr-ciao-loo.json ;;

@@ -26,6 +26,7 @@ import math
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -207,11 +208,10 @@ def _by_sparse_product(table: torch.Tensor, weights: torch.Tensor | None) -> boo
         and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
 
 
-def _bag_matrix(flat: torch.Tensor, weights: torch.Tensor | None, n_rows: int, padding_idx: int | None) -> Any:
+def _bag_matrix(flat: torch.Tensor, weights: torch.Tensor | None, n_rows: int,
+                padding_idx: int | None) -> sp.csr_matrix:
     """The ``(bags, n_rows)`` scipy CSR matrix of ``flat`` ``(bags, L)`` with ``weights``
     (padding entries weigh 0)."""
-    import scipy.sparse as sp
-
     idx = flat.detach().cpu().numpy()
     w = np.ones(idx.shape, np.float32) if weights is None else weights.detach().cpu().numpy().astype(np.float32)
     if padding_idx is not None:

@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
+from mgrec import losses
 from mgrec.errors import ConfigError
-from mgrec.losses import bpr_loss, sampled_softmax_loss, softmax_loss
+from mgrec.losses import bpr_loss, dot_softmax_loss, sampled_softmax_loss, softmax_loss
 from mgrec.training import EarlyStopping, fit_epochs
 
 
@@ -27,6 +28,43 @@ def test_softmax_loss_hand_values():
     # logits [1, 2, 3], target 0: logsumexp = 3.407606; loss = 3.407606 - 1 = 2.407606
     got = softmax_loss(torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([0]))
     assert float(got) == pytest.approx(2.407606, abs=1e-5)
+
+
+def test_dot_softmax_hand_values():
+    # p = [1], q = [[1], [2], [3]]: logits [1, 2, 3]; target 0 -> 2.407606, target 2 -> 0.407606
+    p, q = torch.tensor([[1.0], [1.0]], requires_grad=True), torch.tensor([[1.0], [2.0], [3.0]], requires_grad=True)
+    got = dot_softmax_loss(p, q, torch.tensor([0, 2]))
+    assert float(got) == pytest.approx((2.407606 + 0.407606) / 2, abs=1e-5)
+    got.backward()
+    # d/dp_b = (softmax - onehot) @ q; softmax = [0.090031, 0.244728, 0.665241], E[q] = 2.575210
+    assert p.grad[:, 0].tolist() == pytest.approx([(2.575210 - 1) / 2, (2.575210 - 3) / 2], abs=1e-5)
+    # d/dq_v = sum_b (softmax_bv - onehot_bv) p_b / B
+    assert q.grad[:, 0].tolist() == pytest.approx([(2 * 0.090031 - 1) / 2, 0.244728, (2 * 0.665241 - 1) / 2], abs=1e-5)
+
+
+@pytest.mark.parametrize("block", [1 << 19, 7])  # one block; blocks of one row (7 logits, 5 items)
+def test_dot_softmax_equals_softmax_loss_in_value_and_gradients(monkeypatch, block):
+    monkeypatch.setattr(losses, "BLOCK_ENTRIES", block)
+    g = torch.Generator().manual_seed(0)
+    p0, q0 = torch.randn(9, 4, generator=g), torch.randn(5, 4, generator=g)
+    q0[3] *= 40.0  # item 3 dominates some rows: their targets' softmax underflows (logsumexp path)
+    target = torch.tensor([0, 1, 2, 3, 4, 0, 1, 2, 3])
+    grads = []
+    for fn in (lambda p, q: softmax_loss(p @ q.T, target), lambda p, q: dot_softmax_loss(p, q, target)):
+        p, q = p0.clone().requires_grad_(), q0.clone().requires_grad_()
+        loss = fn(p, q)
+        (2.5 * loss).backward()  # a non-unit upstream gradient is scaled through
+        grads.append((float(loss), p.grad, q.grad))
+    assert math.isfinite(grads[1][0])
+    assert grads[1][0] == pytest.approx(grads[0][0], rel=1e-5)
+    assert torch.allclose(grads[1][1], grads[0][1], atol=1e-5)
+    assert torch.allclose(grads[1][2], grads[0][2], atol=1e-5)
+
+
+def test_dot_softmax_without_autograd_is_softmax_loss():
+    p, q, target = torch.randn(3, 2), torch.randn(4, 2), torch.tensor([0, 1, 3])
+    with torch.no_grad():
+        assert float(dot_softmax_loss(p, q, target)) == pytest.approx(float(softmax_loss(p @ q.T, target)))
 
 
 def test_sampled_softmax_equals_full_softmax_over_the_same_items():

@@ -5,6 +5,8 @@ Every neural model in mgrec can use each of them:
 * :func:`softmax_loss`: full softmax cross-entropy over the whole catalogue,
   ``-log softmax(s)[target]``. The loss that makes SASRec and two-tower models strong
   (Klenitskiy & Vasilev 2023).
+* :func:`dot_softmax_loss`: :func:`softmax_loss` of the scores ``p @ q.T``, computed in blocks
+  of rows with its gradient, so the ``(B, N)`` logits are never kept for the backward pass.
 * :func:`sampled_softmax_loss`: the same over the positive and ``M`` sampled negatives, with
   the logQ correction ``s - log q`` (Yi et al. 2019) so that the sampled gradient estimates
   the full one; for catalogues too large for a full softmax.
@@ -13,10 +15,15 @@ Every neural model in mgrec can use each of them:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["bpr_loss", "softmax_loss", "sampled_softmax_loss", "LOSSES"]
+__all__ = ["bpr_loss", "softmax_loss", "dot_softmax_loss", "sampled_softmax_loss", "LOSSES"]
+
+#: Logit entries per block of :func:`dot_softmax_loss` (2 MiB of float32: a core's L2 cache).
+BLOCK_ENTRIES = 1 << 19
 
 
 def bpr_loss(pos: torch.Tensor, neg: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -52,6 +59,67 @@ def softmax_loss(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor 
     """
     losses = F.cross_entropy(logits, target, reduction="none")
     return _masked_mean(losses, mask)
+
+
+def dot_softmax_loss(p: torch.Tensor, q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """:func:`softmax_loss` of ``p @ q.T``, without keeping the logits for the backward pass.
+
+    Under autograd, the forward pass walks blocks of rows small enough to stay in cache
+    (:data:`BLOCK_ENTRIES` logits each). For each block it takes the logits, their softmax,
+    the loss and the gradients ``(softmax - onehot) @ q`` and ``(softmax - onehot).T @ p``,
+    and keeps only those two gradients, the sizes of ``p`` and ``q``. The backward pass
+    scales them. The values equal :func:`softmax_loss` up to float rounding; it is about
+    twice as fast on a CPU for a catalogue of a few thousand items (it skips three passes
+    over the ``(B, N)`` logits and keeps the blocks in cache). Without autograd it is
+    :func:`softmax_loss`.
+
+    Args:
+        p: ``(B, d)`` query vectors.
+        q: ``(N, d)`` item vectors.
+        target: ``(B,)`` ``int64`` index of each row's positive item.
+
+    Returns:
+        A scalar tensor: the mean over rows of ``logsumexp(p_b @ q.T) - p_b @ q_t``.
+    """
+    if not (torch.is_grad_enabled() and (p.requires_grad or q.requires_grad)):
+        return softmax_loss(p @ q.T, target)
+    return _DotSoftmax.apply(p, q, target)
+
+
+class _DotSoftmax(torch.autograd.Function):
+    """Forward computes the loss and both gradients block by block; backward scales them."""
+
+    @staticmethod
+    def forward(ctx: Any, p: torch.Tensor, q: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        n_rows, n_items = p.shape[0], q.shape[0]
+        step = max(1, BLOCK_ENTRIES // max(n_items, 1))
+        grad_p, grad_q = torch.empty_like(p), torch.zeros_like(q)
+        total = p.new_zeros((), dtype=torch.float64 if p.dtype == torch.float64 else torch.float32)
+        rows = torch.arange(min(step, n_rows), device=p.device)
+        for lo in range(0, n_rows, step):
+            p_blk, t_blk = p[lo:lo + step], target[lo:lo + step]
+            at = (rows[: p_blk.shape[0]], t_blk)
+            logits = p_blk @ q.T
+            soft = torch.softmax(logits, dim=1)
+            picked = soft[at]
+            # -log softmax at the target; from logsumexp where the softmax underflows
+            losses = -torch.log(picked)
+            tiny = picked < 1e-30
+            if bool(tiny.any()):
+                losses[tiny] = torch.logsumexp(logits[tiny], dim=1) - logits[at][tiny]
+            total += losses.sum()
+            soft[at] -= 1.0  # now d loss_b / d logits
+            torch.mm(soft, q, out=grad_p[lo:lo + step])
+            grad_q.addmm_(soft.T, p_blk)
+        ctx.save_for_backward(grad_p, grad_q)
+        return (total / max(n_rows, 1)).to(p.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        grad_p, grad_q = ctx.saved_tensors
+        scale = grad / max(grad_p.shape[0], 1)
+        return grad_p * scale, grad_q * scale, None
 
 
 def sampled_softmax_loss(

@@ -38,7 +38,7 @@ from mgrec.encoders import set_generator
 from mgrec.errors import ConfigError
 from mgrec.feature_arrays import ItemArrays, build_item_arrays
 from mgrec.item_item import RELATIVE_SCALES, ItemItemPart, fit_item_item, scale_grid
-from mgrec.losses import bpr_loss, sampled_softmax_loss, softmax_loss
+from mgrec.losses import bpr_loss, dot_softmax_loss, sampled_softmax_loss
 from mgrec.mgr_build import build_net, net_spec
 from mgrec.mgr_config import MGRConfig, resolve_behavior_mode, resolve_cold_dropout, resolve_granularities
 from mgrec.mgr_serving import ServingMixin
@@ -306,7 +306,7 @@ class MGR(ServingMixin, Recommender):
         loss = self.loss_
         if loss == "softmax":
             p = net.user_vectors(batch, drop=drop, given=given)[0]
-            return softmax_loss(p @ net.item_vectors(generator=gen).T, target)
+            return dot_softmax_loss(p, net.item_vectors(generator=gen), target)
         n_items = log_q.shape[0]
         if loss == "sampled_softmax":
             neg = torch.multinomial(log_q.exp(), cfg.n_negatives, replacement=True, generator=gen)

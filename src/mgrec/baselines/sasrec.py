@@ -41,7 +41,7 @@ from torch import nn
 from mgrec.baselines import check_fitted, check_users
 from mgrec.config import from_dict, to_dict
 from mgrec.data.dataset import Dataset
-from mgrec.losses import bpr_loss, sampled_softmax_loss, softmax_loss
+from mgrec.losses import bpr_loss, dot_softmax_loss, sampled_softmax_loss
 from mgrec.metrics import METRICS
 from mgrec.recommender import Recommender
 from mgrec.training import EarlyStopping, fit_epochs, torch_threads, validation_scorer
@@ -343,7 +343,7 @@ class SASRec(Recommender):
         assert self.net_ is not None
         table = self.net_.items()
         if self.config.loss == "softmax":
-            return softmax_loss(hidden @ table.T, target)
+            return dot_softmax_loss(hidden, table, target)
         neg = torch.randint(self.n_items_, (self.config.n_negatives,), generator=gen)
         pos_scores = (hidden * table[target]).sum(-1)
         neg_scores = hidden @ table[neg].T

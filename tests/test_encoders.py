@@ -517,6 +517,30 @@ def test_gen_dropout_mask_and_scale_match_forward():
     assert drop.keep_mask((5, 7), x.device) is None and drop.scale == 1.0 and torch.equal(drop(x), x)
 
 
+@pytest.mark.parametrize("p", [0.2, 0.5, 0.9])
+def test_gen_dropout_keeps_one_minus_p_in_every_lane_of_a_draw(p):
+    from mgrec.encoders import DRAW_LEVELS, GenDropout
+
+    drop = GenDropout(p)
+    assert abs(drop.keep_prob - (1 - p)) <= 0.5 / DRAW_LEVELS and drop.scale == 1 / drop.keep_prob
+    drop.generator = torch.Generator().manual_seed(0)
+    keep = drop.keep_mask((1000, 1000), torch.device("cpu"))
+    tol = 5 * math.sqrt(p * (1 - p) / keep.numel())
+    assert float(keep.mean()) == pytest.approx(1 - p, abs=tol)
+    # each 64-bit draw gives four 16-bit lanes; every lane keeps 1 - p of its elements
+    lanes = keep.reshape(-1, 4).mean(dim=0)
+    assert torch.allclose(lanes, torch.full_like(lanes, 1 - p), atol=2 * tol)
+    # neighbouring elements are independent: P(both kept) = (1 - p)^2
+    both = (keep.reshape(-1, 2).sum(dim=1) == 2).float().mean()
+    assert float(both) == pytest.approx((1 - p) ** 2, abs=2 * tol)
+    drop.generator = torch.Generator().manual_seed(0)
+    again = drop.keep_mask((1000, 1000), torch.device("cpu"), torch.bool)
+    assert again.dtype == torch.bool and torch.equal(again, keep.bool())  # same seed, same mask
+    drop.generator = torch.Generator().manual_seed(1)
+    assert not torch.equal(drop.keep_mask((1000, 1000), torch.device("cpu")), keep)
+    assert drop.keep_mask((0, 3), torch.device("cpu")).shape == (0, 3)
+
+
 def test_set_mode_hist_dropout_drops_whole_events_but_never_a_whole_row():
     _, enc = build("behavior_set_cf")
     enc.hist_drop.p = 0.9

@@ -109,8 +109,17 @@ def time_buckets(seconds: torch.Tensor, n_buckets: int = N_TIME_BUCKETS) -> torc
     return torch.where(known, b, torch.zeros_like(b))
 
 
+#: Levels of one dropout draw (16 bits).
+DRAW_LEVELS = 1 << 16
+
+
 class GenDropout(nn.Module):
     """Inverted dropout whose mask comes from ``self.generator`` (an explicit generator).
+
+    The mask is drawn at 16 bits per element, four elements per 64-bit draw of the generator
+    (a quarter of the draws of ``torch.rand``, which cost more than the rest of a transformer
+    block's dropout). The keep probability is therefore ``1 - p`` rounded to a multiple of
+    ``1 / 65536`` (:attr:`keep_prob`); kept elements are scaled by ``1 / keep_prob``.
 
     Args:
         p: the probability of zeroing an element.
@@ -121,34 +130,40 @@ class GenDropout(nn.Module):
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {p}")
         self.p = float(p)
+        #: draws below this (of 0 .. 65535) keep their element
+        self.threshold = min(DRAW_LEVELS, max(1, round((1.0 - self.p) * DRAW_LEVELS)))
+        self.keep_prob = self.threshold / DRAW_LEVELS
         self.generator: torch.Generator | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        # the same draws as bernoulli_keep, but the scaled 0/1 mask is made in place in the
-        # uniform tensor (no bool tensor, one multiplication: this runs on (B, L, D) activations)
-        gen = self.generator
-        u = torch.rand(tuple(x.shape), generator=gen, device=gen.device if gen is not None else x.device)
-        scale = u.lt_(1.0 - self.p).div_(1.0 - self.p).to(device=x.device, dtype=x.dtype)
-        return x * scale
+        return x * self._draw(tuple(x.shape), x.device, x.dtype).mul_(1.0 / self.keep_prob)
 
     def keep_mask(self, shape: tuple[int, ...], device: torch.device,
                   dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
         """The 0/1 keep mask (of ``dtype``, the same draws as :meth:`forward`) for an input of
-        ``shape``, or ``None`` when inactive. For callers that fold the ``1 / (1 - p)`` scale
+        ``shape``, or ``None`` when inactive. For callers that fold the ``1 / keep_prob`` scale
         into a smaller tensor: ``forward(x) == (x * scale) * mask``. (A float mask, not a
         bool one: multiplying by a bool tensor converts it on every use.)"""
         if not self.training or self.p == 0.0:
             return None
+        return self._draw(tuple(shape), device, dtype)
+
+    def _draw(self, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         gen = self.generator
-        u = torch.rand(tuple(shape), generator=gen, device=gen.device if gen is not None else device)
-        return u.lt_(1.0 - self.p).to(device=device, dtype=dtype)
+        where = gen.device if gen is not None else device
+        n = math.prod(shape)
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=where).random_(-(1 << 63), None, generator=gen)
+        draws = bits.view(torch.int16)[:n].view(shape)  # uniform over -32768 .. 32767
+        keep = torch.empty(shape, dtype=dtype, device=where)
+        torch.lt(draws, self.threshold - DRAW_LEVELS // 2, out=keep)
+        return keep.to(device)
 
     @property
     def scale(self) -> float:
         """The factor applied to kept elements while active, else 1."""
-        return 1.0 / (1.0 - self.p) if self.training and self.p > 0.0 else 1.0
+        return 1.0 / self.keep_prob if self.training and self.p > 0.0 else 1.0
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

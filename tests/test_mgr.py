@@ -282,7 +282,7 @@ def test_states_of_the_last_positions_only_equal_the_full_pass(trained):
             torch.testing.assert_close(part, full[:, -part.shape[1]:], rtol=1e-5, atol=1e-6)
 
 
-def test_window_content_tastes_equal_the_per_target_item_granularity(trained):
+def test_window_content_tastes_equal_the_per_target_item_granularity(trained, monkeypatch):
     """Sequence training sums each block's content vectors by prefix sums: every target gets
     the item-granularity vector the encoder computes from its own history (the max_len
     events before it), including targets whose history starts before the block's window."""
@@ -299,6 +299,23 @@ def test_window_content_tastes_equal_the_per_target_item_granularity(trained):
         ref, ref_present = enc(ctx.batch(u[row], cutoff=t))
     assert torch.equal(present, ref_present) and present.any()
     torch.testing.assert_close(vec, ref, rtol=1e-4, atol=1e-5)
+    # the same gradients; a history whose strengths are all zero is weighted uniformly
+    weights = ctx.weights.copy()
+    weights[ctx.indptr[0]:ctx.indptr[3]] = 0.0  # users 0-2
+    monkeypatch.setattr(ctx, "weights", weights)
+    assert (u[row] < 3).any()
+    grads = []
+    for taste in (lambda: trained._window_tastes(u, a, c, row, t)[0], lambda: enc(ctx.batch(u[row], cutoff=t))[0]):
+        net.zero_grad(set_to_none=True)
+        with net.item_tower.shared_content():
+            out = taste()
+            (out * torch.linspace(-1, 1, out.shape[1])).square().sum().backward()
+        grads.append((out.detach(), {n: p.grad for n, p in net.named_parameters() if p.grad is not None}))
+    torch.testing.assert_close(grads[0][0], grads[1][0], rtol=1e-4, atol=1e-5)
+    assert grads[0][1].keys() == grads[1][1].keys() and grads[0][1]
+    for name, g in grads[0][1].items():
+        torch.testing.assert_close(g, grads[1][1][name], rtol=1e-4, atol=1e-4)
+    net.zero_grad(set_to_none=True)
 
 
 def test_cold_dropout_trains_batches_without_history(data, monkeypatch):

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import torch
 
 from mgrec.baselines import check_fitted, check_users
@@ -273,25 +274,22 @@ class MGR(ServingMixin, Recommender):
                        t: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``item`` granularity of every target of blocks ``[a, c)`` of users ``u`` (target
         ``t`` of block ``row``): the content taste of the ``max_len`` events before ``t``, the
-        history :meth:`ContextBuilder.batch` gives at cutoff ``t``, summed per block."""
-        from mgrec.distributed import current
-
-        ctx, net, dctx = self.context_, self.net_, current()
+        history :meth:`ContextBuilder.batch` gives at cutoff ``t``, as one sparse matrix of
+        those events' normalised strengths times the catalogue's content vectors."""
+        ctx, net = self.context_, self.net_
         assert ctx is not None and net is not None
-        L = ctx.max_len
-        lo = np.maximum(0, a - L)  # the earliest event any target of the block reads
-        width = int((c - 1 - lo).max())
-        base = c - 1 - width  # the user position of column 0 (columns end at event c - 2)
-        pos = base[:, None] + np.arange(width)[None, :]
-        real = pos >= lo[:, None]
-        flat = ctx.indptr[u][:, None] + np.where(real, pos, 0)
-        items = np.where(real, ctx.items[flat], ctx.n_items)
-        weights = np.where(real, ctx.weights[flat], 0.0).astype(np.float32)
-        start, stop = np.maximum(0, t - L) - base[row], t - base[row]
-        to = dctx.place
-        return net.encoders["item"].window_tastes(
-            to(torch.from_numpy(items)), to(torch.from_numpy(weights)), to(torch.from_numpy(row)),
-            to(torch.from_numpy(start)), to(torch.from_numpy(stop)))
+        start = np.maximum(0, t - ctx.max_len)
+        n = t - start  # events per history (t >= 1: never empty)
+        indptr = np.zeros(len(t) + 1, dtype=np.int64)
+        np.cumsum(n, out=indptr[1:])
+        flat = np.repeat(ctx.indptr[u[row]] + start - indptr[:-1], n) + np.arange(indptr[-1])
+        w = np.clip(ctx.weights[flat].astype(np.float64), 0.0, None)
+        strength = np.add.reduceat(w, indptr[:-1]) if len(t) else np.zeros(0)
+        # strength-weighted mean; uniform over the events when a history has no strength
+        none = np.repeat(strength <= 0, n)
+        w = np.where(none, 1.0, w) / np.repeat(np.where(strength > 0, strength, n), n)
+        matrix = sp.csr_matrix((w.astype(np.float32), ctx.items[flat], indptr), shape=(len(t), ctx.n_items))
+        return net.encoders["item"].history_tastes(matrix)
 
     def _loss(self, batch: Any, target: torch.Tensor, gen: torch.Generator, log_q: torch.Tensor,
               given: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:

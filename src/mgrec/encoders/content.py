@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import nn
 
 from mgrec.encoders.base import Batch
+from mgrec.sparse import sparse_product
 
 if TYPE_CHECKING:
     from mgrec.encoders.item import ItemTower
@@ -57,46 +60,24 @@ class ItemContentEncoder(nn.Module):
         present = valid.any(dim=1) & self.tower.use_content
         return self.proj(taste) * present.unsqueeze(-1).to(taste.dtype), present
 
-    def window_tastes(
-        self, items: torch.Tensor, weights: torch.Tensor, block: torch.Tensor, start: torch.Tensor, stop: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`forward` for many histories that are runs of a few event sequences.
+    def history_tastes(self, matrix: sp.csr_matrix) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` for histories given as rows of a sparse matrix.
 
-        Sequence training serves each target from the events before it; the targets of one
-        block share most of those events. The content vectors of each block's events are
-        looked up once and summed by prefix sums, instead of once per target.
+        Sequence training serves each target from the events before it, and the targets of
+        one user share most of those events. One sparse product of the rows (history ×
+        item, each event's normalised strength) with the catalogue's content vectors gives
+        every history's taste; its backward pass is the transposed product, with no
+        ``(R, L, D)`` gather.
 
         Args:
-            items: ``(W, S)`` item codes of each block's events in time order (padding item
-                where there is none).
-            weights: ``(W, S)`` their event strengths.
-            block: ``(R,)`` each history's block.
-            start: ``(R,)`` its first event's column.
-            stop: ``(R,)`` one past its last event's column.
+            matrix: ``(R, n_items)`` weights: row ``r`` holds the weights :meth:`forward`
+                gives its history's events (clamped strengths over their sum, or uniform
+                when they sum to zero); an empty row is a history without events.
 
         Returns:
             ``(vectors (R, D), present (R,) bool)``, equal to :meth:`forward` on a batch
             whose rows hold those histories.
         """
-        valid = items != self.tower.n_items
-        dtype = self.proj.weight.dtype
-        mask = valid.to(dtype)
-        w = torch.where(valid, weights.to(dtype).clamp(min=0.0), torch.zeros_like(mask))
-        content = self.tower.content(items)  # (W, S, D)
-
-        def prefix(x: torch.Tensor) -> torch.Tensor:  # (W, S + 1, ...) sums of the first j columns
-            return torch.cat([torch.zeros_like(x[:, :1]), x.cumsum(dim=1)], dim=1)
-
-        def run(x: torch.Tensor) -> torch.Tensor:  # each history's sum over its columns
-            p = prefix(x)
-            return p[block, stop] - p[block, start]
-
-        n, strength = run(mask), run(w)
-        weighted = run(content * w.unsqueeze(-1))
-        plain = run(content * mask.unsqueeze(-1))
-        # strength-weighted mean; uniform over the real events when a history has no strength
-        use = (strength > 0).unsqueeze(-1)
-        taste = torch.where(use, weighted / strength.clamp(min=1e-12).unsqueeze(-1),
-                            plain / n.clamp(min=1.0).unsqueeze(-1))
-        present = (n > 0) & self.tower.use_content
+        taste = sparse_product(self.tower.content(None), matrix)
+        present = torch.from_numpy(np.diff(matrix.indptr) > 0).to(taste.device) & self.tower.use_content
         return self.proj(taste) * present.unsqueeze(-1).to(taste.dtype), present

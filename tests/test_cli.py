@@ -226,6 +226,23 @@ def test_benchmark_rejects_unknown_fusion(folder, tmp_path, capsys):
     assert "unknown fusion 'sum'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", [["benchmark", "--models", "pop"], ["coldstart"]])
+def test_long_runs_reject_an_unwritable_out_before_starting(folder, tmp_path, capsys, command):
+    args = [command[0], "--datasets", f"folder:{folder}", *command[1:]]
+    assert main([*args, "--out", str(tmp_path)]) == 2  # a folder, not the JSON file to write
+    assert "is a folder" in capsys.readouterr().err
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    assert main([*args, "--out", str(blocker / "rows.json")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]  # nothing ran, nothing written
+
+
+def test_export_onnx_rejects_a_folder_as_out(tmp_path, capsys):
+    assert main(["export-onnx", "--model-dir", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
 def _child_peak(queue) -> None:
     from mgrec.benchmark import peak_rss_mb
 

@@ -193,6 +193,24 @@ def test_config_and_usage_errors(trained):
         MGR().score(np.array([0]))
     with pytest.raises(ConfigError, match="out of range"):
         trained.score(np.array([10_000]))
+    for stride in (0, 11, "5"):  # SMALL's max_len is 10
+        with pytest.raises(ConfigError, match="window_stride"):
+            MGR({**SMALL, "window_stride": stride})
+
+
+@pytest.mark.parametrize(("stride", "expected"), [(None, 5), (10, 10), (3, 3)])
+def test_window_stride_sets_the_targets_per_transformer_pass(data, monkeypatch, stride, expected):
+    from mgrec.batching import ContextBuilder
+
+    seen, windows = [], ContextBuilder.windows
+
+    def spy(self, s):
+        seen.append(s)
+        return windows(self, s)
+
+    monkeypatch.setattr(ContextBuilder, "windows", spy)
+    model = _fit(data, behavior_mode="sequence", **({} if stride is None else {"window_stride": stride}))
+    assert seen and set(seen) == {expected} and np.isfinite(model.history_[0]["loss"])
 
 
 def test_set_mode_trains_at_the_serving_request_time(data, monkeypatch):

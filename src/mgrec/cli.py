@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -292,12 +293,28 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _output_file(value: str, flag: str = "--out") -> Path:
+    """The file a long run writes at its end, checked before the run starts: not a folder,
+    and inside a folder that exists (or can be made) and can be written."""
+    path = Path(value)
+    if path.is_dir():
+        raise ConfigError(f"{flag} {value}: is a folder; give the file to write, e.g. {path / 'results.json'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{flag} {value}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise ConfigError(f"{flag} {value}: cannot write in {parent}")
+            break
+    return path
+
+
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from mgrec.benchmark import run_benchmark
 
     if args.seeds <= 0:
         raise ConfigError("--seeds must be positive")
-    out = Path(args.out)
+    out = _output_file(args.out)
 
     def report(row: dict[str, Any]) -> None:
         m = row["metrics"]
@@ -316,7 +333,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 def cmd_coldstart(args: argparse.Namespace) -> int:
     from mgrec.coldstart import run_coldstart
 
-    out = Path(args.out)
+    out = _output_file(args.out)
 
     def report(row: dict[str, Any]) -> None:
         m = " ".join(f"{k} {'-' if v is None else f'{v:.4f}'}" for k, v in row["metrics"].items())
@@ -346,6 +363,7 @@ def cmd_export_onnx(args: argparse.Namespace) -> int:
     from mgrec.onnx_export import check_onnx, export_onnx
 
     logging.getLogger("onnx_ir").setLevel(logging.ERROR)  # the exporter's optimiser is chatty
+    _output_file(args.out)
     run = load_run(args.model_dir)
     export_onnx(run.model, args.out, k=args.k)
     out: dict[str, Any] = {"onnx": str(args.out)}

@@ -229,7 +229,7 @@ class MGR(ServingMixin, Recommender):
 
         cfg, net, ctx, dctx = self.config, self.net_, self.context_, current()
         assert net is not None and ctx is not None
-        stride = max(1, ctx.max_len // 2)
+        stride = cfg.window_stride or max(1, ctx.max_len // 2)
         users, first, end = ctx.windows(stride)
         net.train()
         order = gen if order is None else order

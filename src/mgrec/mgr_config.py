@@ -85,6 +85,13 @@ class MGRConfig:
             lowered seed 0's test NDCG@10 on ml-100k (0.3460 to 0.3396) and lastfm-2k (0.2133,
             against 0.2202 with every token at the commit before), so the default keeps all.
         max_len: history events per user.
+        window_stride: sequence mode: training targets per transformer pass. Each user's
+            targets are cut into blocks of this many, and a block is trained from one window
+            of the ``max_len`` events before its last target, so every target sees at least
+            ``max_len - window_stride`` earlier events (or its whole past). ``None``:
+            ``max_len // 2``. Larger is faster (fewer, less overlapping windows) with less
+            guaranteed context: on ml-100k ``loo`` (seed 0, commit e4aab6a) 34 trained in 87 s
+            against 111 s for 25, but test NDCG@10 fell from 0.1007 to 0.0925.
         max_friends: friends per user.
         friend_len: recent items per friend.
         threads: torch threads while training (0: torch's default, one per core).
@@ -120,6 +127,7 @@ class MGRConfig:
     sparse_ids: str = "auto"
     feature_min_count: int = 1
     max_len: int = 50
+    window_stride: int | None = None
     max_friends: int = 20
     friend_len: int = 10
     threads: int = 0
@@ -130,6 +138,9 @@ class MGRConfig:
                      "max_len", "max_friends", "friend_len", "item_item_rank", "feature_min_count"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.window_stride is not None and not 1 <= self.window_stride <= self.max_len:
+            raise ValueError(f"window_stride must lie in 1..max_len ({self.max_len}) or be null, "
+                             f"got {self.window_stride}")
         choices = {"fusion": _FUSION_NAMES, "behavior_mode": ("auto", "sequence", "set"),
                    "item_item": ("auto", "ease", "none"), "sparse_ids": ("auto", "off"),
                    "loss": ("auto", *LOSSES), "optimizer": ("adamw", "sgd")}

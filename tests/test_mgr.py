@@ -353,10 +353,18 @@ def test_cold_dropout_trains_batches_without_history(data, monkeypatch):
         return original(self, batch, drop=drop, given=given)
 
     monkeypatch.setattr(MGRNet, "user_vectors", spy)
-    _fit(data, cold_dropout=0.5, batch_size=64)
+    from mgrec.encoders.behavior import BehaviorEncoder
+
+    passes, states = [], BehaviorEncoder.states
+    monkeypatch.setattr(BehaviorEncoder, "states",
+                        lambda self, batch, last=None: passes.append(1) or states(self, batch, last=last))
+    model = _fit(data, cold_dropout=0.5, batch_size=64)
+    assert model.behavior_mode_ == "sequence"
     assert frozenset({"behavior", "item"}) in drops and frozenset() in drops
     # a cold batch also hides the user ids (a new user has none); the others keep them
     assert all(u == (d == frozenset({"behavior", "item"})) for d, u in zip(drops, unknown, strict=True))
+    # a cold step encodes no windows: one transformer pass per warm step only
+    assert len(passes) == sum(d == frozenset() for d in drops)
     drops.clear()
     _fit(data, batch_size=64)
     assert drops and all(d == frozenset() for d in drops)

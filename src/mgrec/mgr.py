@@ -249,19 +249,23 @@ class MGR(ServingMixin, Recommender):
             # targets read only those, so only those are computed in the last block)
             col = stride - c[row] + t
             target = dctx.place(torch.from_numpy(ctx.items[ctx.indptr[u[row]] + t]))
+            # drawn first: a step trained as new users reads no history, so its windows are
+            # not encoded at all
+            cold = self._cold_step(gen)
             with net.item_tower.shared_content():
-                states = behavior.states(dctx.place(ctx.batch(u, cutoff=c - 1)), last=stride)
-                vec = states[dctx.place(torch.from_numpy(row)), dctx.place(torch.from_numpy(col))]
-                present = torch.ones(len(row), dtype=torch.bool, device=vec.device)
+                given = None
+                if not cold:
+                    states = behavior.states(dctx.place(ctx.batch(u, cutoff=c - 1)), last=stride)
+                    vec = states[dctx.place(torch.from_numpy(row)), dctx.place(torch.from_numpy(col))]
+                    given = {"behavior": (vec, torch.ones(len(row), dtype=torch.bool, device=vec.device))}
+                    if "item" in net.encoders:  # the content taste over the same histories
+                        given["item"] = self._window_tastes(u, a, c, row, t)
                 # the request time of scoring (the previous event + 1 s), not the target's own
                 # time: scoring never knows when the next event will happen
                 prev = ctx.times[ctx.indptr[u[row]] + t - 1].astype(np.float64) + 1.0
-                given = {"behavior": (vec, present)}
-                if "item" in net.encoders:  # the content taste over the same histories, by block
-                    given["item"] = self._window_tastes(u, a, c, row, t)
                 # the other granularities read at most the latest event of the history
                 batch = ctx.batch(u[row], cutoff=t, times=prev if ctx.has_time else None, history=1)
-                loss = self._loss(dctx.place(batch), target, gen, log_q, given=given)
+                loss = self._loss(dctx.place(batch), target, gen, log_q, given=given, cold=cold)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             dctx.average_gradients(params)
@@ -291,12 +295,18 @@ class MGR(ServingMixin, Recommender):
         matrix = sp.csr_matrix((w.astype(np.float32), ctx.items[flat], indptr), shape=(len(t), ctx.n_items))
         return net.encoders["item"].history_tastes(matrix)
 
+    def _cold_step(self, gen: torch.Generator) -> bool:
+        """Whether a training step encodes its rows as new users (probability ``cold_dropout``)."""
+        return self.cold_dropout_ > 0 and float(torch.rand(1, generator=gen)) < self.cold_dropout_
+
     def _loss(self, batch: Any, target: torch.Tensor, gen: torch.Generator, log_q: torch.Tensor,
-              given: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+              given: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+              cold: bool | None = None) -> torch.Tensor:
+        """The step's loss; ``cold``: train the rows as new users (``None``: draw it here)."""
         cfg, net = self.config, self.net_
         assert net is not None
         drop: frozenset[str] = frozenset()
-        if self.cold_dropout_ > 0 and float(torch.rand(1, generator=gen)) < self.cold_dropout_:
+        if self._cold_step(gen) if cold is None else cold:
             # train this batch as new users: no history and no id, only profile, friends, time
             drop = frozenset({"behavior", "item"})
             assert self.context_ is not None

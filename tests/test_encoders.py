@@ -650,16 +650,27 @@ def test_social_friend_vectors_equal_the_per_row_computation(pair_scores_max, mo
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("precomputed", [True, False])
-def test_social_multi_hop_rows_and_gradients_equal_the_dense_product(precomputed, monkeypatch):
+@pytest.mark.parametrize(("precomputed", "factored"), [(True, False), (False, False), (True, True), (False, True)])
+def test_social_multi_hop_rows_and_gradients_equal_the_dense_product(precomputed, factored, monkeypatch):
     import mgrec.encoders.social as social
 
     if not precomputed:  # Â^hops too big to keep: rows are computed per batch
         monkeypatch.setattr(social, "REACH_MAX_NNZ", 0)
     _, enc = build("social")
     users = torch.tensor([0, 4, NU, 4, 17])
+    chosen = []
+    choose = social.SocialEncoder._factored_is_cheaper
+    monkeypatch.setattr(social.SocialEncoder, "_factored_is_cheaper",
+                        lambda self, *a: chosen.append(choose(self, *a)) or factored)
     got = enc._multi_hop(users)
-    assert (enc._reach is not None) == precomputed
+    assert (enc._reach is not None) == precomputed and len(chosen) == 1
+    # the cost rule: the table's product once (nnz(Â)) plus the batch's first hop, against the
+    # batch's rows of Â^2 (their entries when kept, else the bound sum of friends' degrees)
+    adj = enc._adj
+    rows = np.array([0, 4, 4, 17])
+    two_hop = (adj @ adj)[rows]
+    bound = np.diff(adj.indptr)[adj[rows].indices].sum()
+    assert chosen[0] == (adj.nnz + np.diff(adj.indptr)[rows].sum() < (two_hop.nnz if precomputed else bound))
     probe = torch.randn(got.shape, generator=torch.Generator().manual_seed(2))
     (got * probe).sum().backward()
     grad = enc.user_table.weight.grad.clone()

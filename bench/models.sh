@@ -40,6 +40,8 @@ run() {
     ciao-random-neural) $MGREC benchmark --datasets ciao --models lightgcn,multivae --split random --seeds 3 \
         --out $R/models-ciao-random-lgcn-mvae.json
         $MGREC benchmark --datasets ciao --models sasrec --split random --seeds 3 --out $R/models-ciao-random-sasrec.json ;;
+    ciao-loo-baselines) $MGREC benchmark --datasets ciao --models pop,itemknn,ease,bprmf,multivae,lightgcn --split loo \
+        --seeds 3 --out $R/models-ciao-loo-baselines.json ;;
     # ciao `random` rows at commit d6308fd: $R/mgr-ciao-random.* (same command, that file name)
     itemitem-ciao) $MGREC benchmark --datasets ciao --models mgr --split random --seeds 3 --no-tune \
         --out $R/mgr-itemitem-ciao-random.json

@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 import torch
 
 from mgrec.baselines import check_fitted, check_users
@@ -278,22 +277,16 @@ class MGR(ServingMixin, Recommender):
                        t: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``item`` granularity of every target of blocks ``[a, c)`` of users ``u`` (target
         ``t`` of block ``row``): the content taste of the ``max_len`` events before ``t``, the
-        history :meth:`ContextBuilder.batch` gives at cutoff ``t``, as one sparse matrix of
-        those events' normalised strengths times the catalogue's content vectors."""
+        history :meth:`ContextBuilder.batch` gives at cutoff ``t``, gathered flat for one
+        sparse product (:meth:`ItemContentEncoder.history_tastes`)."""
         ctx, net = self.context_, self.net_
         assert ctx is not None and net is not None
         start = np.maximum(0, t - ctx.max_len)
-        n = t - start  # events per history (t >= 1: never empty)
+        n = t - start  # events per history
         indptr = np.zeros(len(t) + 1, dtype=np.int64)
         np.cumsum(n, out=indptr[1:])
         flat = np.repeat(ctx.indptr[u[row]] + start - indptr[:-1], n) + np.arange(indptr[-1])
-        w = np.clip(ctx.weights[flat].astype(np.float64), 0.0, None)
-        strength = np.add.reduceat(w, indptr[:-1]) if len(t) else np.zeros(0)
-        # strength-weighted mean; uniform over the events when a history has no strength
-        none = np.repeat(strength <= 0, n)
-        w = np.where(none, 1.0, w) / np.repeat(np.where(strength > 0, strength, n), n)
-        matrix = sp.csr_matrix((w.astype(np.float32), ctx.items[flat], indptr), shape=(len(t), ctx.n_items))
-        return net.encoders["item"].history_tastes(matrix)
+        return net.encoders["item"].history_tastes(ctx.items[flat], ctx.weights[flat], indptr)
 
     def _cold_step(self, gen: torch.Generator) -> bool:
         """Whether a training step encodes its rows as new users (probability ``cold_dropout``)."""

@@ -60,24 +60,33 @@ class ItemContentEncoder(nn.Module):
         present = valid.any(dim=1) & self.tower.use_content
         return self.proj(taste) * present.unsqueeze(-1).to(taste.dtype), present
 
-    def history_tastes(self, matrix: sp.csr_matrix) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`forward` for histories given as rows of a sparse matrix.
+    def history_tastes(
+        self, items: np.ndarray, weights: np.ndarray, indptr: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` for many histories given flat, as one sparse product.
 
         Sequence training serves each target from the events before it, and the targets of
-        one user share most of those events. One sparse product of the rows (history ×
-        item, each event's normalised strength) with the catalogue's content vectors gives
-        every history's taste; its backward pass is the transposed product, with no
-        ``(R, L, D)`` gather.
+        one user share most of those events. A sparse (history × item) matrix of the events'
+        weights, times the catalogue's content vectors, gives every history's taste; its
+        backward pass is the transposed product, with no ``(R, L, D)`` gather.
 
         Args:
-            matrix: ``(R, n_items)`` weights: row ``r`` holds the weights :meth:`forward`
-                gives its history's events (clamped strengths over their sum, or uniform
-                when they sum to zero); an empty row is a history without events.
+            items: item codes of all histories' events, history after history.
+            weights: their event strengths (weighted as :meth:`forward` does: clamped at 0 and
+                divided by their sum, or uniform when they sum to zero).
+            indptr: ``(R + 1,)`` history ``r`` is ``items[indptr[r]:indptr[r + 1]]``; an empty
+                one is a history without events.
 
         Returns:
             ``(vectors (R, D), present (R,) bool)``, equal to :meth:`forward` on a batch
             whose rows hold those histories.
         """
+        n = np.diff(indptr)
+        w = np.clip(np.asarray(weights, dtype=np.float64), 0.0, None)
+        strength = np.bincount(np.repeat(np.arange(len(n)), n), weights=w, minlength=len(n))
+        # strength-weighted mean; uniform over the events when a history has no strength
+        w = np.where(np.repeat(strength <= 0, n), 1.0, w) / np.repeat(np.where(strength > 0, strength, n), n)
+        matrix = sp.csr_matrix((w.astype(np.float32), items, indptr), shape=(len(n), self.tower.n_items))
         taste = sparse_product(self.tower.content(None), matrix)
-        present = torch.from_numpy(np.diff(matrix.indptr) > 0).to(taste.device) & self.tower.use_content
+        present = torch.from_numpy(n > 0).to(taste.device) & self.tower.use_content
         return self.proj(taste) * present.unsqueeze(-1).to(taste.dtype), present

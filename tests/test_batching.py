@@ -96,8 +96,9 @@ def test_user_feature_arrays():
     cb = _builder(_dataset())
     ua = cb.user_arrays
     # gender vocab by frequency then label: F (1), M (2); missing -> 0
-    assert ua.cat.tolist() == [[1], [2], [0]]
-    assert ua.cardinalities == [3]
+    # then the age bucket: fit values 20, 40 cut at 40 -> 20 in bucket 1, 40 in 2, missing 0
+    assert ua.cat.tolist() == [[1, 1], [2, 2], [0, 0]]
+    assert ua.cardinalities == [3, 3]
     # age: mean 30, std 10 -> -1, 1, missing 0 with indicator
     np.testing.assert_allclose(ua.num, [[-1, 0], [1, 0], [0, 1]])
     # tags: a (2 uses) then b: tokens 1, 2; u0 a:2/3 b:1/3
@@ -135,7 +136,7 @@ def test_cold_batch():
                       friends=[1], time=200.0)
     assert b.users.tolist() == [PAD_U]
     assert b.hist_items.tolist() == [[0, 2, 4]] and b.hist_times.tolist() == [[10, 20, 30]]
-    assert b.user_cat.tolist() == [[2]]
+    assert b.user_cat.tolist() == [[2, 2]]  # gender M; age 50 in the top bucket (>= 40)
     np.testing.assert_allclose(b.user_num, [[2, 0]])
     assert b.user_bag.tolist() == [[2]] and b.user_bag_w.tolist() == [[1.0]]
     assert b.friends.tolist() == [[1, PAD_U]]
@@ -144,7 +145,7 @@ def test_cold_batch():
     assert cb.cold_batch([], friends=[2, 1, 0]).friends.tolist() == [[0, 1]]
     nothing = cb.cold_batch([], None, None, None, None)
     assert nothing.hist_items.tolist() == [[PAD_I] * 3] and math.isnan(float(nothing.time[0]))
-    assert nothing.user_cat.tolist() == [[0]] and nothing.user_num.tolist() == [[0, 1]]
+    assert nothing.user_cat.tolist() == [[0, 0]] and nothing.user_num.tolist() == [[0, 1]]
     untimed = cb.cold_batch([1, 2], time=500.0)  # events without times count as at the request
     assert untimed.hist_times.tolist() == [[0, 500, 500]] and untimed.hist_items.tolist() == [[PAD_I, 1, 2]]
     with pytest.raises(DataError, match="unknown user feature") as err:

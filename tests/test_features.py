@@ -161,8 +161,58 @@ def test_state_round_trip_json_and_safetensors(tmp_path) -> None:
     assert enc2 == enc.encoder
     with pytest.raises(DataError, match="array 'num:age' is missing"):
         EncodedFeatures.from_state(state, {k: v for k, v in arrays.items() if k != "num:age"})
-    with pytest.raises(DataError, match="expected version 1"):
+    with pytest.raises(DataError, match="expected version 2"):
         FeatureEncoder.from_state({"version": 99})
+    assert back.buckets["age"].tolist() == [1, 2, 0, 3, 3]
+    with pytest.raises(DataError, match="array 'bucket:age' is missing"):
+        EncodedFeatures.from_state(state, {k: v for k, v in arrays.items() if k != "bucket:age"})
+
+
+def test_numeric_bucket_codes_by_hand() -> None:
+    enc = encode_features(table(), fit_on=FIT)
+    # fit values 10, 20, 30: the 1/8 .. 7/8 quantiles (next higher value) are 20 x4, 30 x3
+    spec = enc.encoder.spec("age")
+    assert spec.edges == (20.0, 30.0) and spec.n_buckets == 3
+    # 10 -> bucket 1, 20 -> 2, NaN -> 0 (missing), 30 and the unfitted 100 -> 3
+    assert enc.buckets["age"].tolist() == [1, 2, 0, 3, 3] and enc.buckets["age"].dtype == np.int64
+    assert enc.cardinality("age") == 4
+    # a constant column has no cut point and no bucket code
+    assert enc.encoder.spec("const").edges == () and "const" not in enc.buckets
+    assert enc.code_columns() == ["gender", "age"]
+    assert enc.codes("age") is enc.buckets["age"] and enc.codes("gender") is enc.categorical["gender"]
+    # new rows are bucketed with the fitted edges
+    new = FeatureTable(pd.DataFrame({"gender": pd.Series(["M"], dtype=object), "age": [25.0],
+                                     "tags": pd.Series([()], dtype=object), "bio": pd.Series([None], dtype=object),
+                                     "const": [1.0]}), KINDS)
+    assert enc.transform(new).buckets["age"].tolist() == [2]
+
+
+def test_bucket_edges_at_most_numeric_bins() -> None:
+    from mgrec.data.features import NUMERIC_BINS
+
+    frame = pd.DataFrame({"x": np.arange(1000, dtype=float)})
+    enc = encode_features(FeatureTable(frame, {"x": "numeric"}))
+    edges = enc.encoder.spec("x").edges
+    assert len(edges) == NUMERIC_BINS - 1
+    # equal-frequency buckets: 1000 distinct values, 125 per bucket
+    assert np.bincount(enc.buckets["x"]).tolist() == [0] + [125] * NUMERIC_BINS
+
+
+def test_version_1_state_loads_without_buckets() -> None:
+    state = {"version": 1, "features": [{"name": "age", "kind": "numeric", "vocab": [], "mean": 20.0,
+                                         "std": 10.0}]}
+    enc = FeatureEncoder.from_state(state)
+    assert enc.spec("age").edges == ()
+    out = enc.transform(FeatureTable(pd.DataFrame({"age": [30.0]}), {"age": "numeric"}))
+    assert out.buckets == {} and out.code_columns() == [] and out.numeric["age"].tolist() == [1.0]
+
+
+@pytest.mark.parametrize("edges", [[3.0, 2.0], [1.0, 1.0], [float("inf")], "12"])
+def test_bad_bucket_edges_are_rejected(edges) -> None:
+    state = {"version": 2, "features": [{"name": "age", "kind": "numeric", "vocab": [], "mean": 0.0,
+                                         "std": 1.0, "edges": edges}]}
+    with pytest.raises(DataError, match="bucket edges|bad feature"):
+        FeatureEncoder.from_state(state)
 
 
 def test_empty_table() -> None:

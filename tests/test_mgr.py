@@ -29,7 +29,8 @@ def data():
 @pytest.fixture(scope="module")
 def trained(data):
     ds, split = data
-    model = MGR({**SMALL, "epochs": 4}, seed=0).fit(ds, split.train, split.valid)
+    # 8 small epochs: 4 left the margin over Pop at the mercy of the seed (seed 1 failed at 4)
+    model = MGR({**SMALL, "epochs": 8}, seed=0).fit(ds, split.train, split.valid)
     return model
 
 
@@ -46,7 +47,7 @@ def test_training_reduces_loss_and_beats_pop(data, trained):
     assert trained.behavior_mode_ == "sequence"
     pop = Pop({}, seed=0).fit(ds, split.train, split.valid)
     pop_valid = evaluate_split(pop, split, ds, part="valid")["ndcg@10"]
-    assert trained.best_valid_ > 1.1 * pop_valid  # 4 small epochs: at least 10% above Pop
+    assert trained.best_valid_ > 1.1 * pop_valid  # at least 10% above Pop
     scores = trained.score(np.arange(5))
     assert scores.shape == (5, ds.n_items) and scores.dtype == np.float32 and np.isfinite(scores).all()
 
@@ -349,7 +350,11 @@ def test_cold_dropout_trains_batches_without_history(data, monkeypatch):
     def spy(self, batch, *, drop=frozenset(), given=None):
         if self.training:
             drops.append(drop)
-            unknown.append(bool((batch.users == data[0].n_users).all()))
+            # a new user has no id and no history: the batch says so to every encoder (the
+            # time granularity reads the gap since the last event from the history)
+            empty = bool((batch.hist_items == data[0].n_items).all() and (batch.hist_times == 0).all()
+                         and (batch.hist_weights == 0).all())
+            unknown.append(bool((batch.users == data[0].n_users).all()) and empty)
         return original(self, batch, drop=drop, given=given)
 
     monkeypatch.setattr(MGRNet, "user_vectors", spy)
@@ -361,7 +366,7 @@ def test_cold_dropout_trains_batches_without_history(data, monkeypatch):
     model = _fit(data, cold_dropout=0.5, batch_size=64)
     assert model.behavior_mode_ == "sequence"
     assert frozenset({"behavior", "item"}) in drops and frozenset() in drops
-    # a cold batch also hides the user ids (a new user has none); the others keep them
+    # a cold batch also hides the user ids and the history; the others keep them
     assert all(u == (d == frozenset({"behavior", "item"})) for d, u in zip(drops, unknown, strict=True))
     # a cold step encodes no windows: one transformer pass per warm step only
     assert len(passes) == sum(d == frozenset() for d in drops)

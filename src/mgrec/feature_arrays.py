@@ -1,7 +1,8 @@
 """Model-ready arrays of entity features for the fused model.
 
 :func:`feature_arrays` pads encoded features (:mod:`mgrec.data.features`) into fixed-width
-arrays: categorical codes side by side, numeric values with missing indicators, and every bag
+arrays: categorical codes and numeric bucket codes side by side, numeric values with missing
+indicators, and every bag
 feature (``multi``, ``text``) in one shared token space (feature blocks offset, token 0 =
 padding), keeping each row's heaviest tokens.
 
@@ -35,7 +36,8 @@ class FeatureArrays:
     """Encoded features of ``N`` entities as padded arrays.
 
     Attributes:
-        cat: ``(N, Fc)`` int64 categorical codes (0 = missing).
+        cat: ``(N, Fc)`` int64 codes of each categorical feature, then of each bucketed numeric
+            feature, in encoder order (0 = missing).
         num: ``(N, Fn)`` float32 standardised values and missing indicators.
         bag_idx: ``(N, Tb)`` int64 token ids over all bag features (0 = padding).
         bag_w: ``(N, Tb)`` float32 token weights (0 where padded).
@@ -66,8 +68,8 @@ def feature_arrays(enc: EncodedFeatures | None, n_rows: int, max_tokens: int = M
         return FeatureArrays(np.zeros((n_rows, 0), np.int64), np.zeros((n_rows, 0), np.float32),
                              np.zeros((n_rows, 1), np.int64), np.zeros((n_rows, 1), np.float32), [], 1)
     specs = enc.encoder.specs
-    cat_names = [s.name for s in specs if s.kind == "categorical"]
-    cat = (np.stack([enc.categorical[n] for n in cat_names], axis=1) if cat_names
+    cat_names = enc.code_columns()  # categorical codes and numeric bucket codes
+    cat = (np.stack([enc.codes(n) for n in cat_names], axis=1) if cat_names
            else np.zeros((enc.n_rows, 0), np.int64)).astype(np.int64)
     bags = [enc.bags[s.name] for s in specs if s.kind in ("multi", "text")]
     n_tokens = 1 + sum(b.shape[1] for b in bags)

@@ -300,10 +300,15 @@ class MGR(ServingMixin, Recommender):
         assert net is not None
         drop: frozenset[str] = frozenset()
         if self._cold_step(gen) if cold is None else cold:
-            # train this batch as new users: no history and no id, only profile, friends, time
+            # train this batch as new users: no history and no id, only profile, friends, time.
+            # The history is emptied, not only left unencoded: the time granularity reads the
+            # gap since the last event from it, which a new user's request does not have
             drop = frozenset({"behavior", "item"})
             assert self.context_ is not None
-            batch = dataclasses.replace(batch, users=torch.full_like(batch.users, self.context_.n_users))
+            batch = dataclasses.replace(
+                batch, users=torch.full_like(batch.users, self.context_.n_users),
+                hist_items=torch.full_like(batch.hist_items, self.context_.n_items),
+                hist_times=torch.zeros_like(batch.hist_times), hist_weights=torch.zeros_like(batch.hist_weights))
         loss = self.loss_
         if loss == "softmax":
             p = net.user_vectors(batch, drop=drop, given=given)[0]

@@ -11,7 +11,11 @@ Per feature kind:
   encoded like ``multi`` (an L1-normalised bag of words).
 * ``numeric`` -> ``float32`` standardised values ``(x - mean) / std``; a missing (NaN or
   infinite) value becomes 0 (the mean) and its ``missing`` indicator 1.0. A constant column
-  gets ``std = 1``.
+  gets ``std = 1``. Each numeric feature also gets a **bucket code**: its quantile bin among
+  up to :data:`NUMERIC_BINS` bins cut at the fit rows' quantiles (``1 .. len(edges) + 1``,
+  0 = missing), so a model can learn an effect that is not linear in the value (age, say)
+  with an embedding per bin, as it does for a categorical feature. A column with fewer than
+  two distinct values has no cut points and no bucket code.
 
 Vocabularies, means and standard deviations are fitted on the rows ``fit_on`` (e.g. the
 training entities) and kept in a :class:`FeatureEncoder`, which re-applies the same encoding
@@ -20,6 +24,7 @@ to new rows (cold-start entities) and saves as JSON (no pickle).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Mapping
@@ -33,14 +38,18 @@ import scipy.sparse as sp
 from mgrec.data.dataset import FEATURE_KINDS, FeatureTable
 from mgrec.errors import DataError
 
-__all__ = ["encode_features", "FeatureSpec", "FeatureEncoder", "EncodedFeatures", "MIN_TOKEN_LEN"]
+__all__ = ["encode_features", "FeatureSpec", "FeatureEncoder", "EncodedFeatures", "MIN_TOKEN_LEN", "NUMERIC_BINS"]
 
 log = logging.getLogger(__name__)
 
 #: Text tokens shorter than this are dropped ("a", "i", single digits).
 MIN_TOKEN_LEN = 2
 _TOKEN = r"\w+"
-_STATE_VERSION = 1
+#: The most quantile buckets of a numeric feature.
+NUMERIC_BINS = 8
+_STATE_VERSION = 2
+#: States this code reads: version 1 has no bucket edges (its numeric features get no bucket code).
+_READABLE_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,8 @@ class FeatureSpec:
         vocab: categorical labels (code = position + 1) or bag tokens (column = position).
         mean: numeric mean on the fit rows.
         std: numeric standard deviation on the fit rows (1.0 when it is 0 or undefined).
+        edges: numeric bucket cut points, increasing (value ``x`` falls in bucket
+            ``1 + #{e <= x}``); empty: no bucket code.
     """
 
     name: str
@@ -60,6 +71,12 @@ class FeatureSpec:
     vocab: tuple[str, ...] = ()
     mean: float = 0.0
     std: float = 1.0
+    edges: tuple[float, ...] = ()
+
+    @property
+    def n_buckets(self) -> int:
+        """Bucket codes of a numeric feature (``len(edges) + 1``; 0 without edges)."""
+        return len(self.edges) + 1 if self.edges else 0
 
 
 def encode_features(
@@ -141,6 +158,7 @@ class FeatureEncoder:
         bags: dict[str, sp.csr_matrix] = {}
         nums: dict[str, np.ndarray] = {}
         miss: dict[str, np.ndarray] = {}
+        buckets: dict[str, np.ndarray] = {}
         for s in self.specs:
             col = table.frame[s.name]
             if s.kind == "numeric":
@@ -148,6 +166,9 @@ class FeatureEncoder:
                 absent = ~np.isfinite(vals)
                 z = np.where(absent, 0.0, (np.where(absent, s.mean, vals) - s.mean) / s.std)
                 nums[s.name], miss[s.name] = z.astype(np.float32), absent.astype(np.float32)
+                if s.edges:
+                    code = 1 + np.searchsorted(np.asarray(s.edges), np.where(absent, 0.0, vals), side="right")
+                    buckets[s.name] = np.where(absent, 0, code).astype(np.int64)
             elif s.kind == "categorical":
                 codes = pd.Index(s.vocab, dtype=object).get_indexer(_labels(col)) + 1
                 cats[s.name] = codes.astype(np.int64)
@@ -155,12 +176,12 @@ class FeatureEncoder:
                 rows, toks = _tokens(col, s.kind)
                 cols = pd.Index(s.vocab, dtype=object).get_indexer(toks)
                 bags[s.name] = _bag(rows, cols, n, len(s.vocab))
-        return EncodedFeatures(self, n, cats, bags, nums, miss)
+        return EncodedFeatures(self, n, cats, bags, nums, miss, buckets)
 
     def to_state(self) -> dict[str, Any]:
         """A JSON-ready description of the encoder."""
         features = [{"name": s.name, "kind": s.kind, "vocab": list(s.vocab), "mean": s.mean,
-                     "std": s.std} for s in self.specs]
+                     "std": s.std, "edges": list(s.edges)} for s in self.specs]
         return {"version": _STATE_VERSION, "features": features}
 
     @classmethod
@@ -170,16 +191,23 @@ class FeatureEncoder:
         Raises:
             DataError: for a state that is not in this format.
         """
-        if not isinstance(state, Mapping) or state.get("version") != _STATE_VERSION:
+        if not isinstance(state, Mapping) or state.get("version") not in _READABLE_VERSIONS:
             raise DataError(f"feature encoder state: expected version {_STATE_VERSION}")
         specs = []
         for n, item in enumerate(state.get("features", [])):
             try:
                 vocab = tuple(str(v) for v in item["vocab"])
+                raw_edges = item.get("edges", [])
+                if not isinstance(raw_edges, list):
+                    raise TypeError(f"edges must be a list, got {type(raw_edges).__name__}")
+                edges = tuple(float(e) for e in raw_edges)
                 spec = FeatureSpec(str(item["name"]), str(item["kind"]), vocab,
-                                   float(item["mean"]), float(item["std"]))
-            except (KeyError, TypeError, ValueError) as err:
+                                   float(item["mean"]), float(item["std"]), edges)
+            except (KeyError, TypeError, ValueError, AttributeError) as err:
                 raise DataError(f"feature encoder state: bad feature #{n} ({err})") from None
+            if list(edges) != sorted(set(edges)) or not all(map(math.isfinite, edges)):
+                raise DataError(f"feature encoder state: bucket edges of feature #{n} are not finite and "
+                                "strictly increasing", field=spec.name)
             if spec.kind not in FEATURE_KINDS:
                 raise DataError(f"feature encoder state: unknown kind {spec.kind!r}",
                                 field=spec.name)
@@ -198,6 +226,8 @@ class EncodedFeatures:
         bags: name -> ``float32`` CSR ``(n_rows, vocab)``, rows L1-normalised (``multi``, ``text``).
         numeric: name -> ``float32`` standardised values ``(n_rows,)``, 0 where missing.
         missing: name -> ``float32`` indicator ``(n_rows,)``, 1.0 where the value was missing.
+        buckets: name -> ``int64`` quantile-bucket codes ``(n_rows,)`` of each numeric feature
+            with edges, 0 where missing.
     """
 
     encoder: FeatureEncoder
@@ -206,15 +236,29 @@ class EncodedFeatures:
     bags: Mapping[str, sp.csr_matrix]
     numeric: Mapping[str, np.ndarray]
     missing: Mapping[str, np.ndarray]
+    buckets: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def transform(self, table: FeatureTable) -> EncodedFeatures:
         """Encode new rows (e.g. cold-start entities) with the same parameters."""
         return self.encoder.transform(table)
 
     def cardinality(self, name: str) -> int:
-        """Embedding rows: ``len(vocab) + 1`` for categorical (0 = missing), else ``len(vocab)``."""
+        """Embedding rows: ``len(vocab) + 1`` for categorical (0 = missing), the bucket codes
+        plus one for numeric, else ``len(vocab)``."""
         s = self.encoder.spec(name)
+        if s.kind == "numeric":
+            return s.n_buckets + 1
         return len(s.vocab) + 1 if s.kind == "categorical" else len(s.vocab)
+
+    def code_columns(self) -> list[str]:
+        """The features with integer codes, in encoder order: every categorical feature and
+        each numeric feature with bucket edges (its bucket code)."""
+        return [s.name for s in self.encoder.specs
+                if s.kind == "categorical" or (s.kind == "numeric" and s.name in self.buckets)]
+
+    def codes(self, name: str) -> np.ndarray:
+        """``int64`` codes of a :meth:`code_columns` feature (0 = missing or unknown)."""
+        return self.categorical[name] if name in self.categorical else self.buckets[name]
 
     def numeric_matrix(self) -> np.ndarray:
         """``float32`` ``(n_rows, 2 * n_numeric)``: value and missing indicator per feature."""
@@ -266,6 +310,8 @@ class EncodedFeatures:
             elif s.kind == "numeric":
                 arrays[f"num:{s.name}"] = self.numeric[s.name]
                 arrays[f"miss:{s.name}"] = self.missing[s.name]
+                if s.name in self.buckets:
+                    arrays[f"bucket:{s.name}"] = self.buckets[s.name]
             else:
                 m = self.bags[s.name]
                 arrays[f"bag_data:{s.name}"] = m.data.astype(np.float32)
@@ -284,7 +330,7 @@ class EncodedFeatures:
         """
         enc = FeatureEncoder.from_state(state.get("encoder", {}))
         n = int(state.get("n_rows", -1))
-        cats, bags, nums, miss = {}, {}, {}, {}
+        cats, bags, nums, miss, buckets = {}, {}, {}, {}, {}
         try:
             for s in enc.specs:
                 if s.kind == "categorical":
@@ -292,6 +338,8 @@ class EncodedFeatures:
                 elif s.kind == "numeric":
                     nums[s.name] = np.asarray(arrays[f"num:{s.name}"], dtype=np.float32)
                     miss[s.name] = np.asarray(arrays[f"miss:{s.name}"], dtype=np.float32)
+                    if s.edges:
+                        buckets[s.name] = np.asarray(arrays[f"bucket:{s.name}"], dtype=np.int64)
                 else:
                     parts = tuple(np.asarray(arrays[f"bag_{p}:{s.name}"])
                                   for p in ("data", "indices", "indptr"))
@@ -300,10 +348,10 @@ class EncodedFeatures:
             raise DataError(f"encoded features: array {err.args[0]!r} is missing") from None
         except ValueError as err:
             raise DataError(f"encoded features: bad bag arrays ({err})") from None
-        for name, arr in [*cats.items(), *nums.items(), *miss.items()]:
+        for name, arr in [*cats.items(), *nums.items(), *miss.items(), *buckets.items()]:
             if arr.shape != (n,):
                 raise DataError(f"encoded features: shape {arr.shape}, expected ({n},)", field=name)
-        return cls(enc, n, cats, bags, nums, miss)
+        return cls(enc, n, cats, bags, nums, miss, buckets)
 
 
 # ----------------------------------------------------------------- helpers
@@ -317,7 +365,7 @@ def _fit_one(
         mean = float(vals.mean()) if len(vals) else 0.0
         std = float(vals.std()) if len(vals) else 1.0
         std = std if std > 0 and math.isfinite(std) else 1.0
-        return FeatureSpec(name, kind, mean=mean, std=std)
+        return FeatureSpec(name, kind, mean=mean, std=std, edges=_bucket_edges(vals))
     if kind == "categorical":
         labels = _labels(col)[mask]
         tokens = pd.Series(labels[pd.notna(labels)], dtype=object)
@@ -330,6 +378,16 @@ def _fit_one(
         in_rows = pd.Series(pairs["tok"].to_numpy(), dtype=object).value_counts()
         return FeatureSpec(name, kind, vocab=_top(tokens, max_vocab, min_count, in_rows))
     return FeatureSpec(name, kind, vocab=_top(tokens, max_vocab, min_count))
+
+
+def _bucket_edges(vals: np.ndarray) -> tuple[float, ...]:
+    """Cut points at the interior quantiles of the finite ``vals`` (at most
+    :data:`NUMERIC_BINS` buckets; ties merge buckets), each strictly above the minimum so no
+    bucket is empty on the fit rows; none for fewer than two distinct values."""
+    if len(vals) == 0:
+        return ()
+    cuts = np.quantile(vals, np.linspace(0.0, 1.0, NUMERIC_BINS + 1)[1:-1], method="higher")
+    return tuple(float(c) for c in np.unique(cuts) if c > vals.min())
 
 
 def _fit_mask(fit_on: np.ndarray | None, n: int) -> np.ndarray:

@@ -106,11 +106,11 @@ def test_make_fusion_rejects_unknown_names_and_granularities():
 N_USERS, N_ITEMS, D = 6, 9, 4
 
 
-def tiny_net(fusion: str) -> MGRNet:
+def tiny_net(fusion: str, bias_coordinate: bool = False) -> MGRNet:
     tower = ItemTower(N_ITEMS, D, cat_cardinalities=[2], n_numeric=1, n_bag_tokens=0)
     encs = {"user": UserEncoder(N_USERS, D, cat_cardinalities=[], n_numeric=0, n_bag_tokens=0),
             "item": ItemContentEncoder(tower, D), "time": TimeEncoder(D, t_min=0.0, t_max=1e6)}
-    net = MGRNet(tower, encs, make_fusion(fusion, list(encs), D))
+    net = MGRNet(tower, encs, make_fusion(fusion, list(encs), D), bias_coordinate=bias_coordinate)
     net.reset_parameters(torch.Generator().manual_seed(3))
     tower.set_item_data(torch.arange(N_ITEMS).remainder(3)[:, None], torch.linspace(-1, 1, N_ITEMS)[:, None],
                         torch.zeros(N_ITEMS, 0, dtype=torch.int64), torch.zeros(N_ITEMS, 0))
@@ -162,3 +162,30 @@ def test_leave_one_out_contributions(name):
             without = (p_g @ net.item_vectors().T).gather(1, ITEMS)
             torch.testing.assert_close(contrib[g], full - without, rtol=0, atol=1e-6)
     assert torch.all(contrib["item"][1] == 0)  # absent granularity: no change
+
+
+@pytest.mark.parametrize("name", ["weighted", "gated", "deep", "product"])
+def test_bias_coordinate_makes_the_last_item_coordinate_an_item_bias(name):
+    net = tiny_net(name, bias_coordinate=True)
+    batch = tiny_batch()
+    nothing = Batch(**{**batch.__dict__, "users": torch.tensor([0, 2, N_USERS]),
+                       "hist_items": torch.full((3, 3), N_ITEMS), "hist_times": torch.zeros(3, 3),
+                       "hist_weights": torch.zeros(3, 3), "time": torch.full((3,), float("nan"))}).rows(
+        torch.tensor([2]))  # an unknown user without history or time: no granularity present
+    with torch.no_grad():
+        p, _, parts, present = net.user_vectors(batch)
+        q = net.item_vectors()
+        for g in parts:  # every granularity vector ends in its presence flag
+            torch.testing.assert_close(parts[g][:, -1], present[g].float())
+        torch.testing.assert_close(p[:, -1], torch.ones(3))  # every row has a granularity
+        # the score is the dot product of the other coordinates plus the item's bias q_v[-1]
+        torch.testing.assert_close(net.score(batch), p[:, :-1] @ q[:, :-1].T + q[:, -1], rtol=0, atol=1e-6)
+        empty, _, _, _ = net.user_vectors(nothing)
+        assert torch.all(empty == 0)
+        if name == "weighted":  # still exact: each w_g (v_g . q) carries w_g b_v, and the w_g sum to 1
+            contrib = net.contributions(batch, ITEMS)
+            torch.testing.assert_close(sum(contrib.values()), net.score(batch).gather(1, ITEMS), rtol=0, atol=1e-5)
+    # without it the last coordinate is an ordinary one
+    with torch.no_grad():
+        plain, _, _, _ = tiny_net(name).user_vectors(batch)
+    assert not torch.allclose(plain[:, -1], torch.ones(3))

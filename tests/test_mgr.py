@@ -73,6 +73,24 @@ def test_save_load_round_trip(trained, tmp_path):
     np.testing.assert_array_equal(trained.recommend_context(**cold)[0], loaded.recommend_context(**cold)[0])
 
 
+def test_item_bias_trains_saves_and_loads(data, tmp_path):
+    model = _fit(data, item_bias=True)
+    assert model.net_.bias_coordinate and model.spec_["item_bias"] is True
+    users = np.arange(20)
+    scores = model.score(users)
+    # the query vectors served to a MIPS index end in the constant 1
+    np.testing.assert_allclose(model.query_vectors(users)[:, -1], 1.0, rtol=1e-6)
+    model.save(tmp_path / "m")
+    loaded = MGR.load(tmp_path / "m")
+    assert loaded.net_.bias_coordinate
+    np.testing.assert_array_equal(loaded.score(users), scores)
+    # a model saved before the key existed rebuilds without it
+    from mgrec.mgr_build import build_net
+
+    old_spec = {k: v for k, v in model.spec_.items() if k != "item_bias"}
+    assert not build_net(old_spec, model.context_, model.items_, seed=0).bias_coordinate
+
+
 def test_granularity_switches(data):
     ds, split = data
     no_social = dataclasses.replace(ds, social=None)

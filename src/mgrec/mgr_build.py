@@ -41,7 +41,7 @@ def net_spec(cfg: Any, granularities: list[str], behavior_mode: str, ctx: Contex
         "n_users": ctx.n_users, "n_items": ctx.n_items, "dim": cfg.dim,
         "granularities": list(granularities), "fusion": cfg.fusion, "behavior_mode": behavior_mode,
         "id_dropout": cfg.id_dropout, "dropout": cfg.dropout, "max_len": cfg.max_len,
-        "hist_dropout": cfg.hist_dropout, "linear": cfg.linear,
+        "hist_dropout": cfg.hist_dropout, "linear": cfg.linear, "item_bias": cfg.item_bias,
         "item": {"cardinalities": list(fa.cardinalities), "n_numeric": int(fa.num.shape[1]),
                  "n_bag_tokens": fa.n_bag_tokens - 1, "n_time_features": int(items.time_feats.shape[1])},
         "user": {"cardinalities": list(ua.cardinalities), "n_numeric": int(ua.num.shape[1]),
@@ -126,6 +126,8 @@ def build_net(spec: dict[str, Any], ctx: ContextBuilder, items: ItemArrays, *, s
         encoders["social"] = SocialEncoder(table, tower, dim, adjacency=friend_adjacency(ctx))
     if "time" in grans:
         encoders["time"] = TimeEncoder(dim, t_min=float(spec["t_min"]), t_max=float(spec["t_max"]))
-    net = MGRNet(tower, encoders, make_fusion(spec["fusion"], grans, dim))
+    # models saved before the item bias have no key: they were built without it
+    net = MGRNet(tower, encoders, make_fusion(spec["fusion"], grans, dim),
+                 bias_coordinate=bool(spec.get("item_bias", False)))
     init_module(net, torch.Generator().manual_seed(int(seed)))
     return net

@@ -36,12 +36,23 @@ class MGRNet(nn.Module):
         fusion: a fusion from :data:`mgrec.fusion.FUSIONS` built over (at least) these
             granularities.
 
+        bias_coordinate: reserve the last coordinate of ``p`` for a constant: each present
+            granularity's vector ends in 1 (0 where absent), and so does ``p`` of any row with a
+            present granularity (the weighted and gated fusions give it by construction, the
+            others are set to it). The last coordinate of ``q_v`` then acts as an item bias
+            ``b_v`` that the item tower computes from the item's id, content and popularity,
+            and the score ``q_v . p`` includes it while staying one dot product. It gives every
+            user, new ones included, the catalogue's prior without spending a direction of
+            ``p`` on it.
+
     Raises:
         ValueError: for inconsistent encoders and fusion.
     """
 
-    def __init__(self, item_tower: ItemTower, encoders: Mapping[str, nn.Module], fusion: nn.Module) -> None:
+    def __init__(self, item_tower: ItemTower, encoders: Mapping[str, nn.Module], fusion: nn.Module, *,
+                 bias_coordinate: bool = False) -> None:
         super().__init__()
+        self.bias_coordinate = bool(bias_coordinate)
         if not encoders:
             raise ValueError("the network needs at least one granularity encoder")
         fused = list(getattr(fusion, "granularities", []))
@@ -113,7 +124,11 @@ class MGRNet(nn.Module):
                 parts[g], present[g] = given[g]
             else:
                 parts[g], present[g] = enc(batch)
+            if self.bias_coordinate:
+                parts[g] = _with_last(parts[g], present[g])
         p, weights = self.fusion(parts, present)
+        if self.bias_coordinate and weights is None:  # product, deep: the fused last coordinate is not 1
+            p = _with_last(p, torch.stack([present[g] for g in parts], dim=1).any(dim=1))
         return p, weights, parts, present
 
     def item_vectors(self, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -157,3 +172,8 @@ class MGRNet(nn.Module):
     @property
     def _dtype(self) -> torch.dtype:
         return self.item_tower.id_embedding.weight.dtype
+
+
+def _with_last(v: torch.Tensor, flag: torch.Tensor) -> torch.Tensor:
+    """``v`` with its last coordinate replaced by ``flag`` (1.0 or 0.0)."""
+    return torch.cat([v[:, :-1], flag.to(v.dtype).unsqueeze(-1)], dim=1)

@@ -42,6 +42,8 @@ run() {
         $MGREC benchmark --datasets ciao --models sasrec --split random --seeds 3 --out $R/models-ciao-random-sasrec.json ;;
     ciao-loo-baselines) $MGREC benchmark --datasets ciao --models pop,itemknn,ease,bprmf,multivae,lightgcn --split loo \
         --seeds 3 --out $R/models-ciao-loo-baselines.json ;;
+    ciao-loo-sasrec) $MGREC benchmark --datasets ciao --models sasrec --split loo --seeds 3 \
+        --out $R/models-ciao-loo-sasrec.json ;;
     # ciao `random` rows at commit d6308fd: $R/mgr-ciao-random.* (same command, that file name)
     itemitem-ciao) $MGREC benchmark --datasets ciao --models mgr --split random --seeds 3 --no-tune \
         --out $R/mgr-itemitem-ciao-random.json

@@ -2,9 +2,8 @@
 
 :func:`feature_arrays` pads encoded features (:mod:`mgrec.data.features`) into fixed-width
 arrays: categorical codes and numeric bucket codes side by side, numeric values with missing
-indicators, and every bag
-feature (``multi``, ``text``) in one shared token space (feature blocks offset, token 0 =
-padding), keeping each row's heaviest tokens.
+indicators, and every bag feature (``multi``, ``text``) in one shared token space (feature
+blocks offset, token 0 = padding), keeping each row's heaviest tokens.
 
 :func:`build_item_arrays` makes the item side (:meth:`ItemTower.set_item_data` input): padded
 item features and item time features computed from the history (log popularity; with time also

@@ -35,7 +35,6 @@ class MGRNet(nn.Module):
             ``granularity`` and be one of the fusion's granularities.
         fusion: a fusion from :data:`mgrec.fusion.FUSIONS` built over (at least) these
             granularities.
-
         bias_coordinate: reserve the last coordinate of ``p`` for a constant: each present
             granularity's vector ends in 1 (0 where absent), and so does ``p`` of any row with a
             present granularity (the weighted and gated fusions give it by construction, the

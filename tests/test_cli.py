@@ -145,6 +145,29 @@ def test_benchmark_writes_rows_and_table(folder, tmp_path, capsys):
     assert f"| {mean:.4f} ± {std:.4f} |" in lines[1]
 
 
+def test_benchmark_runs_the_listed_seeds(folder, tmp_path, capsys):
+    out = tmp_path / "some.json"
+    assert main(["benchmark", "--datasets", f"folder:{folder}", "--models", "pop", "--split", "random",
+                 "--seeds", "2,1", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["model"], r["seed"]) for r in rows] == [("pop", 2), ("pop", 1)]
+    again = tmp_path / "all.json"
+    assert main(["benchmark", "--datasets", f"folder:{folder}", "--models", "pop", "--split", "random",
+                 "--seeds", "3", "--out", str(again)]) == 0
+    by_seed = {r["seed"]: r["metrics"] for r in json.loads(again.read_text())}
+    assert all(by_seed[r["seed"]] == r["metrics"] for r in rows)  # a seed's row does not depend on the others
+
+
+@pytest.mark.parametrize("seeds", ["0", "-1", "1,1", "1,-2", "a", "1,b"])
+def test_benchmark_rejects_bad_seeds(folder, tmp_path, seeds, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["benchmark", "--datasets", f"folder:{folder}", "--models", "pop", "--seeds", seeds,
+              "--out", str(tmp_path / "x.json")])
+    assert err.value.code == 2
+    assert "--seeds" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_markdown_table_mean_and_std():
     from mgrec.benchmark import TABLE_METRICS, markdown_table
 

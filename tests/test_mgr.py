@@ -436,3 +436,70 @@ def test_fit_records_the_resolved_loss_and_keeps_it_through_save_and_load(data, 
     assert model.fit_info()["loss"] == "sampled_softmax" and model.config.loss == "auto"
     model.save(tmp_path / "m")
     assert type(model).load(tmp_path / "m").loss_ == "sampled_softmax"
+
+
+@pytest.fixture(scope="module")
+def lonely(data):
+    """Users 0..9 lose their training events and their social links; the prior ranks them."""
+    from mgrec.data.dataset import SocialGraph
+
+    ds, split = data
+    lone = np.arange(10)
+    s = ds.social
+    keep = ~(np.isin(s.src, lone) | np.isin(s.dst, lone))
+    ds2 = dataclasses.replace(ds, social=SocialGraph(s.src[keep], s.dst[keep], s.weight[keep], s.directed))
+    train = split.train[~split.train["user"].isin(lone)]
+    model = MGR({**SMALL, "epochs": 1, "prior_min_users": 5}, seed=0).fit(ds2, train, split.valid)
+    return model, lone, ds2
+
+
+def test_profile_prior_ranks_users_without_history_or_friends(lonely, tmp_path):
+    from mgrec.retrieval import build_index
+
+    model, lone, ds = lonely
+    assert model.prior_ is not None and model.fit_info()["profile_prior"]["valid_users"] > 0
+    np.testing.assert_array_equal(model._prior_users(np.arange(12)), np.arange(12) < 10)
+    ua = model.context_.user_arrays
+    users = np.array([0, 3, 50])
+    scores = model.score(users)
+    np.testing.assert_allclose(scores[:2], model.prior_.scores(ua.cat[:4:3], ua.bag_idx[:4:3], ua.bag_w[:4:3]),
+                               rtol=1e-6)
+    assert not np.allclose(scores[2], model.prior_.scores(ua.cat[50:51], ua.bag_idx[50:51], ua.bag_w[50:51])[0])
+    # the index serves everyone else; prior users are ranked exactly, so both paths agree
+    plain = model.recommend(users, k=10)
+    model.use_index(build_index(model.item_vectors(), "exact"))
+    try:
+        indexed = model.recommend(users, k=10)
+    finally:
+        model.use_index(None)
+    np.testing.assert_array_equal(plain[0], indexed[0])
+    # a new user described by profile alone gets the same ranking as a known one with that profile
+    profile = ds.user_features.frame.iloc[3].to_dict()
+    assert model.recommend_context([], features=profile, k=10)[0].tolist() == plain[0][1].tolist()
+    # explanations: the prior's score is the user granularity's, every other part is 0
+    items = plain[0][:2]
+    parts = model.explain(users[:2], items)
+    np.testing.assert_allclose(parts["user"], np.take_along_axis(scores[:2], items, axis=1), rtol=1e-5)
+    assert all(np.all(v == 0) for g, v in parts.items() if g != "user")
+    ctx_parts = model.explain_context([], items[1:2], features=profile)
+    np.testing.assert_allclose(ctx_parts["user"], parts["user"][1:2], rtol=1e-5)
+    # saved and loaded with the model
+    model.save(tmp_path / "m")
+    loaded = MGR.load(tmp_path / "m")
+    np.testing.assert_array_equal(loaded.score(users), scores)
+    assert loaded.fit_info()["profile_prior"] == model.fit_info()["profile_prior"]
+
+
+def test_profile_prior_off_or_without_the_user_granularity(data, lonely):
+    _, lone, _ = lonely
+    ds, split = data
+    off = MGR({**SMALL, "epochs": 1, "profile_prior": "off"}, seed=0)
+    off.fit(ds, split.train[~split.train["user"].isin(lone)], split.valid)
+    assert off.prior_ is None and off.fit_info()["profile_prior"] is None
+    assert not off._prior_users(lone).any()
+    no_user = _fit(data, granularities=["item", "behavior"])
+    assert no_user.prior_ is None
+    with pytest.raises(ConfigError, match="profile_prior"):
+        MGR({"profile_prior": "always"})
+    with pytest.raises(ConfigError, match="prior_dim"):
+        MGR({"prior_dim": 0})

@@ -14,7 +14,7 @@ import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,7 @@ def run_benchmark(
     models: list[str],
     *,
     split: str,
-    seeds: int,
+    seeds: int | Sequence[int],
     out: Path,
     tune: bool = True,
     tune_budget: int | None = None,
@@ -112,9 +112,10 @@ def run_benchmark(
         datasets: dataset names.
         models: model names.
         split: split protocol for all runs.
-        seeds: seeds ``0 .. seeds-1``; each seeds the split and the model.
+        seeds: a count ``N`` (seeds ``0 .. N-1``) or the seeds themselves; each seeds the
+            split and the model.
         out: the JSON file; the markdown table goes to the same name with ``.md``.
-        tune: tune each model on the first seed's validation split.
+        tune: tune each model on the first seed's validation split (the first of the list).
         tune_budget: at most this many trials per model.
         data_root: where the datasets are.
         model_configs: fixed configs per model (skip tuning of the keys they set).
@@ -126,6 +127,9 @@ def run_benchmark(
     Returns:
         The rows, also written to ``out``.
     """
+    seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+    if not seed_list or min(seed_list) < 0 or len(set(seed_list)) != len(seed_list):
+        raise ConfigError(f"seeds must be a positive count or distinct non-negative seeds, got {seeds!r}")
     rows: list[dict[str, Any]] = []
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     for dataset in datasets:
@@ -138,7 +142,7 @@ def run_benchmark(
             if inherited:
                 config = {**tuned_configs[model], **fixed}
             tuned, tuning = inherited or not tune, {"reused_from": model} if inherited else {}
-            for seed in range(seeds):
+            for seed in seed_list:
                 cfg = ExperimentConfig(
                     dataset=dataset,
                     model=model,
@@ -155,7 +159,7 @@ def run_benchmark(
                     config = dict(row["model_config"])
                     tuned_configs.setdefault(row_name, config)
                     tuned = True
-                    tuning = {**row.get("tuning", {}), "reused_from_seed": 0}
+                    tuning = {**row.get("tuning", {}), "reused_from_seed": seed}
                 elif tuning:
                     row["tuning"] = tuning
                 rows.append(row)

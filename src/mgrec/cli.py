@@ -25,6 +25,21 @@ def _csv_list(text: str) -> list[str]:
     return items
 
 
+def _seed_arg(text: str) -> list[int]:
+    """``N`` (seeds ``0 .. N-1``) or a comma-separated list of distinct seeds (``1,2``)."""
+    try:
+        values = [int(t) for t in _csv_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count like 3 or seeds like 1,2, got {text!r}") from None
+    if "," not in text:
+        if values[0] <= 0:
+            raise argparse.ArgumentTypeError(f"the number of seeds must be positive, got {text!r}")
+        return list(range(values[0]))
+    if any(v < 0 for v in values) or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"seeds must be distinct non-negative integers, got {text!r}")
+    return values
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     try:
         values = tuple(int(t) for t in _csv_list(text))
@@ -123,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--datasets", type=_csv_list, required=True)
     bench.add_argument("--models", type=_csv_list, required=True)
     bench.add_argument("--split", default="random")
-    bench.add_argument("--seeds", type=int, default=1)
+    bench.add_argument("--seeds", type=_seed_arg, default=[0],
+                       help="N runs seeds 0..N-1; a list such as 1,2 runs those seeds (default: 1)")
     bench.add_argument("--out", required=True)
     bench.add_argument("--no-tune", action="store_true", help="use default hyperparameters")
     bench.add_argument("--tune-budget", type=int)
@@ -312,8 +328,6 @@ def _output_file(value: str, flag: str = "--out") -> Path:
 def cmd_benchmark(args: argparse.Namespace) -> int:
     from mgrec.benchmark import run_benchmark
 
-    if args.seeds <= 0:
-        raise ConfigError("--seeds must be positive")
     out = _output_file(args.out)
 
     def report(row: dict[str, Any]) -> None:

@@ -40,9 +40,16 @@ from mgrec.feature_arrays import ItemArrays, build_item_arrays
 from mgrec.item_item import RELATIVE_SCALES, ItemItemPart, fit_item_item, scale_grid
 from mgrec.losses import bpr_loss, dot_softmax_loss, sampled_softmax_loss
 from mgrec.mgr_build import build_net, net_spec
-from mgrec.mgr_config import MGRConfig, resolve_behavior_mode, resolve_cold_dropout, resolve_granularities
+from mgrec.mgr_config import (
+    SOFTMAX_MAX_ITEMS,
+    MGRConfig,
+    resolve_behavior_mode,
+    resolve_cold_dropout,
+    resolve_granularities,
+)
 from mgrec.mgr_serving import ServingMixin
 from mgrec.optim import make_optimizer, sparse_parameters
+from mgrec.profile_prior import ProfilePrior, fit_profile_prior
 from mgrec.recommender import Recommender
 from mgrec.training import EarlyStopping, fit_epochs, torch_threads, validation_scorer
 
@@ -94,6 +101,7 @@ class MGR(ServingMixin, Recommender):
         self.item_item_valid_: dict[str, float] = {}
         self.item_item_reg_: float | None = None
         self.cold_dropout_ = 0.0
+        self.prior_: ProfilePrior | None = None
         self._init_serving()
         self._reset_vector_cache()
 
@@ -120,6 +128,7 @@ class MGR(ServingMixin, Recommender):
             self.net_ = build_net(self.spec_, self.context_, self.items_, seed=self.seed)
             self._train(train, valid)
             self._fit_item_item(valid)
+            self._fit_prior()
         logger.info("mgr: granularities %s, %s mode, best epoch %d (valid ndcg@10 %.4f)",
                     self.granularities_, self.behavior_mode_, self.best_epoch_, self.best_valid_)
 
@@ -376,6 +385,39 @@ class MGR(ServingMixin, Recommender):
             self.best_valid_ = best
         logger.info("mgr: item-item part, penalty/relative scale -> valid ndcg@10 %s", self.item_item_valid_)
 
+    def _fit_prior(self) -> None:
+        """Fit the profile prior (:mod:`mgrec.profile_prior`) when ``profile_prior`` is
+        ``auto``, the ``user`` granularity is fused, users have features and the catalogue is
+        small enough for its full softmax."""
+        cfg, ctx = self.config, self.context_
+        self.prior_ = None
+        if (cfg.profile_prior != "auto" or "user" not in self.granularities_ or ctx is None
+                or ctx.user_encoder is None or self.seen_ is None or self.n_items_ > SOFTMAX_MAX_ITEMS):
+            return
+        users = np.flatnonzero(np.diff(self.seen_.indptr) > 0)
+        self.prior_ = fit_profile_prior(ctx.user_arrays, self.seen_, users, dim=cfg.prior_dim,
+                                        min_users=cfg.prior_min_users, seed=self.seed)
+
+    def _prior_users(self, users: np.ndarray) -> np.ndarray:
+        """``(B,)`` whether each known user is ranked by the profile prior: the model has one,
+        and the user has no history and no friends in the current context."""
+        ctx = self.context_
+        if self.prior_ is None or ctx is None:
+            return np.zeros(len(users), dtype=bool)
+        empty = ctx.indptr[users + 1] == ctx.indptr[users]
+        return empty & (ctx.friends[users] == ctx.n_users).all(axis=1)
+
+    def _has_cold(self, users: np.ndarray) -> bool:
+        """Users the profile prior ranks are scored exactly (:meth:`score`), not by the index."""
+        ok = users[(users >= 0) & (users < (self.context_.n_users if self.context_ is not None else 0))]
+        return bool(self._prior_users(ok).any())
+
+    def _prior_scores(self, users: np.ndarray) -> np.ndarray:
+        """``(B, n_items_)`` profile prior scores of known users."""
+        assert self.prior_ is not None and self.context_ is not None
+        ua = self.context_.user_arrays
+        return self.prior_.scores(ua.cat[users], ua.bag_idx[users], ua.bag_w[users], self.n_items_)
+
     def fit_info(self) -> dict[str, Any]:
         """What training chose: the best epoch, its validation NDCG@10, the item-item part's
         validation score per relative scale and the scale kept (``None``: off)."""
@@ -384,7 +426,8 @@ class MGR(ServingMixin, Recommender):
                 "item_item_valid": {k: round(v, 6) for k, v in self.item_item_valid_.items()},
                 "item_item_scale": None if self.item_item_ is None else self.item_item_.scale,
                 "item_item_reg": self.item_item_reg_, "cold_dropout": self.cold_dropout_,
-                "loss": self.loss_, "sparse_ids": bool(self.spec_.get("sparse_ids", False))}
+                "loss": self.loss_, "sparse_ids": bool(self.spec_.get("sparse_ids", False)),
+                "profile_prior": None if self.prior_ is None else dict(self.prior_.info)}
 
     @property
     def loss_(self) -> str:
@@ -399,7 +442,8 @@ class MGR(ServingMixin, Recommender):
     # ------------------------------------------------------------------ scoring
     def score(self, users: np.ndarray) -> np.ndarray:
         """``(B, n_items)`` ``float32`` scores ``q_v . p_{u,c}`` in the training context
-        (request time: the user's last training event + 1 s)."""
+        (request time: the user's last training event + 1 s); users with no history and no
+        friends get the profile prior's scores when the model has one."""
         check_fitted(self.net_ is not None, self.name)
         assert self.net_ is not None and self.context_ is not None
         users = check_users(users, self.context_.n_users)
@@ -414,6 +458,9 @@ class MGR(ServingMixin, Recommender):
                     linear = self._item_item_scores(users[s:s + SCORE_CHUNK])
                     if linear is not None:
                         out[s:s + SCORE_CHUNK] += linear
+        prior = self._prior_users(users)
+        if prior.any():
+            out[prior] = self._prior_scores(users[prior])
         return out
 
     # -------------------------------------------------------------- persistence
@@ -429,12 +476,16 @@ class MGR(ServingMixin, Recommender):
             "item_item_scale": None if self.item_item_ is None else self.item_item_.scale,
             "item_item_valid": self.item_item_valid_, "item_item_reg": self.item_item_reg_,
             "cold_dropout": self.cold_dropout_,
+            "profile_prior": None,
             "item_encoder": self.item_encoder_.to_state() if self.item_encoder_ else None,
             **self._serving_meta(),
         }
         arrays = {f"net/{k}": v.detach().cpu().numpy().copy() for k, v in self.net_.state_dict().items()}
         arrays.update({f"ctx/{k}": v for k, v in ctx_arrays.items()})
         arrays.update(self._serving_arrays())
+        if self.prior_ is not None:
+            meta["profile_prior"], prior_arrays = self.prior_.to_state()
+            arrays.update({f"prior/{k}": v for k, v in prior_arrays.items()})
         if self.item_item_ is not None:
             arrays.update({"item_item/left": self.item_item_.left, "item_item/right": self.item_item_.right})
         f = self.items_.features
@@ -471,6 +522,9 @@ class MGR(ServingMixin, Recommender):
         self.item_item_valid_ = dict(meta.get("item_item_valid") or {})
         self.item_item_reg_ = meta.get("item_item_reg")
         self.cold_dropout_ = float(meta.get("cold_dropout", 0.0))
+        prior = meta.get("profile_prior")
+        self.prior_ = None if prior is None else ProfilePrior.from_state(
+            prior, {k[6:]: v for k, v in arrays.items() if k.startswith("prior/")})
         self.item_item_ = None if scale is None else ItemItemPart(
             np.array(arrays["item_item/left"], dtype=np.float32), np.array(arrays["item_item/right"], dtype=np.float32),
             float(scale))

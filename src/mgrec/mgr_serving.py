@@ -43,6 +43,7 @@ class ServingMixin:
     seen_: sp.csr_matrix | None
     index_: Any
     item_item_: Any
+    prior_: Any
 
     def _init_serving(self) -> None:
         self.user_ids_: list[str] = []
@@ -163,7 +164,24 @@ class ServingMixin:
         with torch.no_grad():
             self.net_.eval()
             out = self.net_.contributions(self.context_.batch(users), torch.from_numpy(np.ascontiguousarray(items)))
-        return self._with_item_item(out, self.seen_[users] if self.seen_ is not None else None, items)
+        res = self._with_item_item(out, self.seen_[users] if self.seen_ is not None else None, items)
+        prior = self._prior_users(users)
+        if prior.any():
+            ua = self.context_.user_arrays
+            u = users[prior]
+            self._prior_explained(res, prior, ua.cat[u], ua.bag_idx[u], ua.bag_w[u], items[prior])
+        return res
+
+    def _prior_explained(self, res: dict[str, np.ndarray], rows: np.ndarray | slice, cat: np.ndarray,
+                         bag_idx: np.ndarray, bag_w: np.ndarray, items: np.ndarray) -> None:
+        """Rows ranked by the profile prior: its whole score is the ``user`` granularity's
+        (the profile), every other granularity contributes 0."""
+        u = self.prior_.user_vectors(cat, bag_idx, bag_w)  # (B, k + 1)
+        q = self.prior_.item_vectors(self.n_items_)[items]  # (B, K, k + 1)
+        for g in res:
+            res[g][rows] = 0.0
+        if "user" in res:
+            res["user"][rows] = np.einsum("bd,bkd->bk", u, q).astype(np.float32)
 
     def _with_item_item(self, out: Mapping[str, torch.Tensor], history: sp.spmatrix | None,
                         items: np.ndarray) -> dict[str, np.ndarray]:
@@ -202,7 +220,15 @@ class ServingMixin:
         with torch.no_grad():
             self.net_.eval()
             out = self.net_.contributions(batch, torch.from_numpy(np.ascontiguousarray(items)))
-        return self._with_item_item(out, self._history_row(history_items), items)
+        res = self._with_item_item(out, self._history_row(history_items), items)
+        if self._prior_applies(history_items, friends):
+            self._prior_explained(res, slice(None), batch.user_cat.numpy(), batch.user_bag.numpy(),
+                                  batch.user_bag_w.numpy(), items)
+        return res
+
+    def _prior_applies(self, history_items: Sequence[Any], friends: Sequence[Any] | None) -> bool:
+        """Whether the profile prior ranks a new user with this history and these friends."""
+        return self.prior_ is not None and not len(history_items) and not friends
 
     def _history_row(self, history_items: Sequence[str | int]) -> sp.csr_matrix:
         """A one-row user x item matrix of a context's history items."""
@@ -250,6 +276,12 @@ class ServingMixin:
         check_fitted(self.net_ is not None, self.name)
         hist = [self._code(v, self._item_index, self.base_items_, "history") for v in history_items]
         batch = self._cold_batch(hist, history_times, features, friends, time)
+        if self._prior_applies(hist, friends):  # profile only: the prior ranks (exactly, no index)
+            scores = self.prior_.scores(batch.user_cat.numpy(), batch.user_bag.numpy(), batch.user_bag_w.numpy(),
+                                        self.n_items_)
+            idx, vals = topk(scores, k)
+            idx[~np.isfinite(vals)] = -1
+            return idx[0], vals[0]
         row = self._history_row(hist) if self.item_item_ is not None else None
         with torch.no_grad():
             self.net_.eval()

@@ -290,3 +290,11 @@ def test_peak_rss_of_a_spawned_run_is_its_own_not_its_parents():
     del ballast
     assert parent >= 1024
     assert 10 < child < parent - 512, (child, parent)
+
+
+def test_seed_argument_forms():
+    from mgrec.cli import _seed_arg
+
+    assert _seed_arg("3") == [0, 1, 2]
+    assert _seed_arg("1,2") == [1, 2]
+    assert _seed_arg("2,") == [2]  # one seed

@@ -112,3 +112,28 @@ def test_other_models_and_bad_arguments_are_refused(data, model, exported, tmp_p
     with pytest.raises(ConfigError, match="k = 10"):
         check_onnx(model, exported, np.arange(3), k=20)
     assert not any(tmp_path.iterdir())
+
+
+def test_the_profile_prior_is_in_the_graph(data, tmp_path):
+    """Users 0..5 have no history and no friends: the graph ranks them by the prior, as PyTorch does."""
+    import dataclasses
+
+    from mgrec.data.dataset import SocialGraph
+
+    ds, split = data
+    lone = np.arange(6)
+    s = ds.social
+    keep = ~(np.isin(s.src, lone) | np.isin(s.dst, lone))
+    ds = dataclasses.replace(ds, social=SocialGraph(s.src[keep], s.dst[keep], s.weight[keep], s.directed))
+    model = MGR({**TINY, "prior_min_users": 3}, seed=0).fit(ds, split.train[~split.train["user"].isin(lone)],
+                                                            split.valid)
+    assert model.prior_ is not None and model._prior_users(np.arange(8)).tolist() == [True] * 6 + [False] * 2
+    path = tmp_path / "prior.onnx"
+    export_onnx(model, path, k=10, dynamo=True)
+    report = check_onnx(model, path, np.arange(20), k=10)
+    assert report["top_k_agreement"] == 1.0 and report["max_abs_score_diff"] < 1e-4
+    # a new user described by a profile alone: the prior's ranking, through the same graph
+    profile = ds.user_features.frame.iloc[7].to_dict()
+    batch = model.context_.cold_batch([], None, profile, [], None)
+    out = _session(path).run(["top_items"], {n: getattr(batch, n).numpy() for n in BATCH_INPUTS})[0]
+    np.testing.assert_array_equal(out[0], model.recommend_context([], features=profile, k=10)[0])

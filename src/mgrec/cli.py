@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--models", type=_csv_list, required=True)
     bench.add_argument("--split", default="random")
     bench.add_argument("--seeds", type=_seed_arg, default=[0],
-                       help="N runs seeds 0..N-1; a list such as 1,2 runs those seeds (default: 1)")
+                       help="N runs seeds 0..N-1; a list such as 1,2 runs those seeds (one seed: 2,); default 1")
     bench.add_argument("--out", required=True)
     bench.add_argument("--no-tune", action="store_true", help="use default hyperparameters")
     bench.add_argument("--tune-budget", type=int)

@@ -10,6 +10,10 @@ added with :meth:`~mgrec.mgr.MGR.add_items`) and the top-``k``::
     outputs scores (B, n_items) float32      (unless scores=False)
             top_items (B, k) int64, top_scores (B, k) float32
 
+When the model has a profile prior (:mod:`mgrec.profile_prior`), the graph also holds it as
+constants and, like :meth:`MGR.score <mgrec.mgr.MGR.score>`, gives its scores to the rows with
+no history and no friends (every ``hist_items`` is the padding code, every ``friends`` too).
+
 The inputs are what :meth:`ContextBuilder.batch <mgrec.batching.ContextBuilder.batch>` (known
 users) or :meth:`~mgrec.batching.ContextBuilder.cold_batch` (new users) build, as numpy. The
 ranking is the model's raw one: nothing is filtered (no seen items), exactly
@@ -61,11 +65,13 @@ OPSET = 18
 class _ScoringGraph(nn.Module):
     """``Batch`` tensors -> (scores,) top items, top scores, with constant item vectors."""
 
-    def __init__(self, net: nn.Module, items: torch.Tensor, k: int, with_scores: bool) -> None:
+    def __init__(self, net: nn.Module, items: torch.Tensor, k: int, with_scores: bool,
+                 prior: _PriorGraph | None = None) -> None:
         super().__init__()
         self.net = net
         self.register_buffer("items_t", items.T.contiguous())
         self.k, self.with_scores = int(k), bool(with_scores)
+        self.prior = prior
 
     def forward(self, users: torch.Tensor, user_cat: torch.Tensor, user_num: torch.Tensor,
                 user_bag: torch.Tensor, user_bag_w: torch.Tensor, hist_items: torch.Tensor,
@@ -80,10 +86,40 @@ class _ScoringGraph(nn.Module):
             parts[g], present[g] = enc(batch)
         p, _ = self.net.fusion(parts, present)
         scores = p @ self.items_t
+        if self.prior is not None:
+            scores = self.prior(scores, user_cat, user_bag, user_bag_w, hist_items, friends)
         top_scores, top_items = torch.topk(scores, self.k, dim=1, largest=True, sorted=True)
         if self.with_scores:
             return scores, top_items, top_scores
         return top_items, top_scores
+
+
+class _PriorGraph(nn.Module):
+    """The profile prior as constants: rows without history and friends get its scores."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        prior, ctx = model.prior_, model.context_
+        self.register_buffer("weights", torch.from_numpy(prior.weights))
+        self.register_buffer("keep", torch.from_numpy(prior.keep.astype(np.float32)))
+        self.register_buffer("cat_offsets", torch.from_numpy(prior.cat_offsets))
+        self.register_buffer("items_t", torch.from_numpy(prior.item_vectors(model.n_items_).T.copy()))
+        self.bag_offset, self.n_items, self.n_users = int(prior.bag_offset), int(ctx.n_items), int(ctx.n_users)
+
+    def _embed(self, codes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        # codes past the table (none from the encoder) read row 0 at weight 0, as design_matrix drops them
+        inside = codes < self.weights.shape[0]
+        codes = torch.where(inside, codes, torch.zeros_like(codes))
+        w = weights * self.keep[codes] * inside.to(weights.dtype)
+        return (self.weights[codes] * w.unsqueeze(-1)).sum(dim=1)
+
+    def forward(self, scores: torch.Tensor, user_cat: torch.Tensor, user_bag: torch.Tensor,
+                user_bag_w: torch.Tensor, hist_items: torch.Tensor, friends: torch.Tensor) -> torch.Tensor:
+        e = self._embed(user_cat + self.cat_offsets, (user_cat > 0).to(torch.float32))
+        e = e + self._embed(user_bag + self.bag_offset, torch.where(user_bag > 0, user_bag_w, 0.0))
+        q = torch.cat([e, torch.ones_like(e[:, :1])], dim=1)
+        alone = (hist_items == self.n_items).all(dim=1) & (friends == self.n_users).all(dim=1)
+        return torch.where(alone.unsqueeze(1), q @ self.items_t, scores)
 
 
 def _check_mgr(model: Any) -> None:
@@ -142,7 +178,8 @@ def _export_bytes(model: Any, k: int, scores: bool, dynamo: bool, optimize: bool
     try:
         with _frozen_data(model):
             items = model._item_matrix().detach().to(torch.float32)
-            graph = _ScoringGraph(net, items, min(k, items.shape[0]), scores).eval()
+            prior = _PriorGraph(model) if getattr(model, "prior_", None) is not None else None
+            graph = _ScoringGraph(net, items, min(k, items.shape[0]), scores, prior).eval()
             batch = _example_batch(model)
             args = tuple(getattr(batch, name) for name in BATCH_INPUTS)
             outputs = list(OUTPUTS if scores else OUTPUTS[1:])

@@ -13,8 +13,10 @@ from mgrec.errors import ConfigError
 from mgrec.item_item import RELATIVE_SCALES, ItemItemPart, fit_item_item, scale_grid
 from mgrec.mgr import MGR, MGRConfig
 
+# the friends' items part off: these tests check the item-item part's dot-product contract and
+# its validation choice alone (the friends' part has its own tests, tests/test_social_items.py)
 SMALL = {"dim": 16, "max_len": 10, "max_friends": 5, "friend_len": 3, "batch_size": 256, "lr": 3e-3,
-         "epochs": 2}
+         "epochs": 2, "social_items": "none"}
 
 
 def _x(seed: int = 0, n_users: int = 40, n_items: int = 30) -> sp.csr_matrix:

@@ -17,7 +17,8 @@ from mgrec.onnx_export import BATCH_INPUTS, check_onnx, export_onnx
 
 ort = pytest.importorskip("onnxruntime")
 
-TINY = {"dim": 16, "max_len": 8, "max_friends": 4, "friend_len": 3, "batch_size": 256, "lr": 3e-3, "epochs": 1}
+TINY = {"dim": 16, "max_len": 8, "max_friends": 4, "friend_len": 3, "batch_size": 256, "lr": 3e-3, "epochs": 1,
+        "social_items": "none"}  # the part is tested on its own below
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +138,24 @@ def test_the_profile_prior_is_in_the_graph(data, tmp_path):
     batch = model.context_.cold_batch([], None, profile, [], None)
     out = _session(path).run(["top_items"], {n: getattr(batch, n).numpy() for n in BATCH_INPUTS})[0]
     np.testing.assert_array_equal(out[0], model.recommend_context([], features=profile, k=10)[0])
+
+
+def test_the_friends_items_part_is_in_the_graph(model, tmp_path):
+    from mgrec.social_items import SocialItemsPart
+
+    model.social_items_ = SocialItemsPart(0.5)
+    try:
+        path = tmp_path / "social.onnx"
+        export_onnx(model, path, k=10, dynamo=True)
+        report = check_onnx(model, path, np.arange(model.n_users_), k=10)
+        assert report["top_k_agreement"] == 1.0 and report["max_abs_score_diff"] < 1e-4
+        batch = model.context_.cold_batch([3], None, None, [1, 2], 1.6e9)
+        out = _session(path).run(["scores"], {n: getattr(batch, n).numpy() for n in BATCH_INPUTS})[0]
+        with torch.no_grad():
+            ref = (model.net_.user_vectors(batch)[0] @ model._item_matrix().T).numpy()
+        ref = ref + model.social_items_.scores(batch.friend_items.numpy(), model.context_.n_items, model.n_items_)
+        np.testing.assert_allclose(out, ref, atol=1e-4)
+        assert not np.allclose(out, ref - model.social_items_.scores(
+            batch.friend_items.numpy(), model.context_.n_items, model.n_items_))
+    finally:
+        model.social_items_ = None

@@ -51,6 +51,8 @@ from mgrec.mgr_serving import ServingMixin
 from mgrec.optim import make_optimizer, sparse_parameters
 from mgrec.profile_prior import ProfilePrior, fit_profile_prior
 from mgrec.recommender import Recommender
+from mgrec.social_items import RELATIVE_SCALES as SOCIAL_SCALES
+from mgrec.social_items import SocialItemsPart
 from mgrec.training import EarlyStopping, fit_epochs, torch_threads, validation_scorer
 
 __all__ = ["MGR", "MGRConfig"]
@@ -102,6 +104,8 @@ class MGR(ServingMixin, Recommender):
         self.item_item_reg_: float | None = None
         self.cold_dropout_ = 0.0
         self.prior_: ProfilePrior | None = None
+        self.social_items_: SocialItemsPart | None = None
+        self.social_items_valid_: dict[str, float] = {}
         self._init_serving()
         self._reset_vector_cache()
 
@@ -124,10 +128,12 @@ class MGR(ServingMixin, Recommender):
         self.base_items_ = dataset.n_items
         self._extra_vectors = None
         self.item_item_, self.item_item_valid_, self.item_item_reg_ = None, {}, None
+        self.social_items_, self.social_items_valid_, self.prior_ = None, {}, None
         with torch_threads(cfg.threads):
             self.net_ = build_net(self.spec_, self.context_, self.items_, seed=self.seed)
             self._train(train, valid)
             self._fit_item_item(valid)
+            self._fit_social_items(valid)
             self._fit_prior()
         logger.info("mgr: granularities %s, %s mode, best epoch %d (valid ndcg@10 %.4f)",
                     self.granularities_, self.behavior_mode_, self.best_epoch_, self.best_valid_)
@@ -385,6 +391,29 @@ class MGR(ServingMixin, Recommender):
             self.best_valid_ = best
         logger.info("mgr: item-item part, penalty/relative scale -> valid ndcg@10 %s", self.item_item_valid_)
 
+    def _fit_social_items(self, valid: pd.DataFrame | None) -> None:
+        """Choose the weight of the friends' recent items (:mod:`mgrec.social_items`) on
+        ``valid``; the part is dropped when weight 0 validates best. ``social_items_valid_``
+        maps each relative weight to the validation NDCG@10."""
+        if self.config.social_items != "auto" or "social" not in self.granularities_:
+            return
+        scorer = validation_scorer(self, valid, metric="ndcg@10")
+        if scorer is None:
+            return
+        rng = np.random.default_rng(self.seed)
+        sample = np.sort(rng.choice(self.n_users_, min(512, self.n_users_), replace=False))
+        spread = float(self.score(sample).std(axis=1).mean())
+        best, kept = -1.0, 0.0
+        for rel in SOCIAL_SCALES:
+            self.social_items_ = SocialItemsPart(rel * spread) if rel > 0 else None
+            score = scorer()
+            self.social_items_valid_[f"{rel:g}"] = score
+            if score > best:
+                best, kept = score, rel * spread
+        self.social_items_ = SocialItemsPart(kept) if kept > 0 else None
+        self.best_valid_ = best
+        logger.info("mgr: friends' items part, relative weight -> valid ndcg@10 %s", self.social_items_valid_)
+
     def _fit_prior(self) -> None:
         """Fit the profile prior (:mod:`mgrec.profile_prior`) when ``profile_prior`` is
         ``auto``, the ``user`` granularity is fused, users have features and the catalogue is
@@ -408,7 +437,10 @@ class MGR(ServingMixin, Recommender):
         return empty & (ctx.friends[users] == ctx.n_users).all(axis=1)
 
     def _has_cold(self, users: np.ndarray) -> bool:
-        """Users the profile prior ranks are scored exactly (:meth:`score`), not by the index."""
+        """Users the profile prior ranks, and every user while the friends' items part is on,
+        are scored exactly (:meth:`score`), not by the index."""
+        if self.social_items_ is not None:
+            return True
         ok = users[(users >= 0) & (users < (self.context_.n_users if self.context_ is not None else 0))]
         return bool(self._prior_users(ok).any())
 
@@ -427,7 +459,9 @@ class MGR(ServingMixin, Recommender):
                 "item_item_scale": None if self.item_item_ is None else self.item_item_.scale,
                 "item_item_reg": self.item_item_reg_, "cold_dropout": self.cold_dropout_,
                 "loss": self.loss_, "sparse_ids": bool(self.spec_.get("sparse_ids", False)),
-                "profile_prior": None if self.prior_ is None else dict(self.prior_.info)}
+                "profile_prior": None if self.prior_ is None else dict(self.prior_.info),
+                "social_items_scale": None if self.social_items_ is None else self.social_items_.scale,
+                "social_items_valid": {k: round(v, 6) for k, v in self.social_items_valid_.items()}}
 
     @property
     def loss_(self) -> str:
@@ -453,15 +487,23 @@ class MGR(ServingMixin, Recommender):
             with self.net_.item_tower.shared_content():
                 q = self._item_matrix()
                 for s in range(0, len(users), SCORE_CHUNK):
-                    p = self.net_.user_vectors(self.context_.batch(users[s:s + SCORE_CHUNK]))[0]
+                    batch = self.context_.batch(users[s:s + SCORE_CHUNK])
+                    p = self.net_.user_vectors(batch)[0]
                     out[s:s + SCORE_CHUNK] = (p @ q.T).numpy()
                     linear = self._item_item_scores(users[s:s + SCORE_CHUNK])
                     if linear is not None:
                         out[s:s + SCORE_CHUNK] += linear
+                    if self.social_items_ is not None:
+                        out[s:s + SCORE_CHUNK] += self._social_scores(batch)
         prior = self._prior_users(users)
         if prior.any():
             out[prior] = self._prior_scores(users[prior])
         return out
+
+    def _social_scores(self, batch: Any) -> np.ndarray:
+        """``(B, n_items_)`` the friends' items part for a batch's rows."""
+        assert self.social_items_ is not None and self.context_ is not None
+        return self.social_items_.scores(batch.friend_items.numpy(), self.context_.n_items, self.n_items_)
 
     # -------------------------------------------------------------- persistence
     def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -477,6 +519,8 @@ class MGR(ServingMixin, Recommender):
             "item_item_valid": self.item_item_valid_, "item_item_reg": self.item_item_reg_,
             "cold_dropout": self.cold_dropout_,
             "profile_prior": None,
+            "social_items_scale": None if self.social_items_ is None else self.social_items_.scale,
+            "social_items_valid": self.social_items_valid_,
             "item_encoder": self.item_encoder_.to_state() if self.item_encoder_ else None,
             **self._serving_meta(),
         }
@@ -522,6 +566,9 @@ class MGR(ServingMixin, Recommender):
         self.item_item_valid_ = dict(meta.get("item_item_valid") or {})
         self.item_item_reg_ = meta.get("item_item_reg")
         self.cold_dropout_ = float(meta.get("cold_dropout", 0.0))
+        social = meta.get("social_items_scale")
+        self.social_items_ = None if social is None else SocialItemsPart(float(social))
+        self.social_items_valid_ = dict(meta.get("social_items_valid") or {})
         prior = meta.get("profile_prior")
         self.prior_ = None if prior is None else ProfilePrior.from_state(
             prior, {k[6:]: v for k, v in arrays.items() if k.startswith("prior/")})

@@ -90,6 +90,10 @@ class MGRConfig:
             table from 28.2k to 8.5k rows (artist names and tags on one artist only), but
             lowered seed 0's test NDCG@10 on ml-100k (0.3460 to 0.3396) and lastfm-2k (0.2133,
             against 0.2202 with every token at the commit before), so the default keeps all.
+        social_items: ``auto`` adds to the score a weight times the number of times an item is
+            among the friends' recent items (:mod:`mgrec.social_items`), the weight chosen on
+            validation after training (0 drops the part), when the ``social`` granularity is
+            fused; ``none`` never. With the part on, every user is scored exactly (no index).
         profile_prior: ``auto`` ranks users with no history and no friends by the profile
             prior (:mod:`mgrec.profile_prior`), a softmax model over profile codes fitted after
             the network and stopped early on training users it left out, when the model fuses
@@ -143,6 +147,7 @@ class MGRConfig:
     item_item_rank: int = 512
     sparse_ids: str = "auto"
     feature_min_count: int = 1
+    social_items: str = "auto"
     profile_prior: str = "auto"
     prior_dim: int = 16
     prior_min_users: int = 20
@@ -164,7 +169,7 @@ class MGRConfig:
                              f"got {self.window_stride}")
         choices = {"fusion": _FUSION_NAMES, "behavior_mode": ("auto", "sequence", "set"),
                    "item_item": ("auto", "ease", "none"), "sparse_ids": ("auto", "off"),
-                   "profile_prior": ("auto", "off"),
+                   "profile_prior": ("auto", "off"), "social_items": ("auto", "none"),
                    "loss": ("auto", *LOSSES), "optimizer": ("adamw", "sgd")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:

@@ -44,6 +44,7 @@ class ServingMixin:
     index_: Any
     item_item_: Any
     prior_: Any
+    social_items_: Any
 
     def _init_serving(self) -> None:
         self.user_ids_: list[str] = []
@@ -76,6 +77,8 @@ class ServingMixin:
     def query_vectors(self, users: np.ndarray) -> np.ndarray:
         """``(B, D)`` fused user vectors ``p_{u,c}`` in the current context (see :meth:`score`),
         followed by the item-item part's block when the model has one (``D + r`` columns).
+        The friends' items part and the profile prior are not in these vectors; :meth:`recommend`
+        scores the users they apply to exactly instead of through the index.
 
         A known user's vector depends only on the context (history, friends' items, the
         request time after the last event), so computed vectors are kept (up to
@@ -163,14 +166,23 @@ class ServingMixin:
             raise ConfigError(f"explain() takes item codes of the trained catalogue (0..{self.base_items_ - 1})")
         with torch.no_grad():
             self.net_.eval()
-            out = self.net_.contributions(self.context_.batch(users), torch.from_numpy(np.ascontiguousarray(items)))
+            batch = self.context_.batch(users)
+            out = self.net_.contributions(batch, torch.from_numpy(np.ascontiguousarray(items)))
         res = self._with_item_item(out, self.seen_[users] if self.seen_ is not None else None, items)
+        self._with_social_items(res, batch, items)
         prior = self._prior_users(users)
         if prior.any():
             ua = self.context_.user_arrays
             u = users[prior]
             self._prior_explained(res, prior, ua.cat[u], ua.bag_idx[u], ua.bag_w[u], items[prior])
         return res
+
+    def _with_social_items(self, res: dict[str, np.ndarray], batch: Any, items: np.ndarray) -> None:
+        """The friends' items part's score added to ``social`` (exact, additive)."""
+        if self.social_items_ is None or "social" not in res:
+            return
+        part = self.social_items_.scores(batch.friend_items.numpy(), self.context_.n_items, self.n_items_)
+        res["social"] += np.take_along_axis(part, items, axis=1)
 
     def _prior_explained(self, res: dict[str, np.ndarray], rows: np.ndarray | slice, cat: np.ndarray,
                          bag_idx: np.ndarray, bag_w: np.ndarray, items: np.ndarray) -> None:
@@ -221,6 +233,7 @@ class ServingMixin:
             self.net_.eval()
             out = self.net_.contributions(batch, torch.from_numpy(np.ascontiguousarray(items)))
         res = self._with_item_item(out, self._history_row(history_items), items)
+        self._with_social_items(res, batch, items)
         if self._prior_applies(history_items, friends):
             self._prior_explained(res, slice(None), batch.user_cat.numpy(), batch.user_bag.numpy(),
                                   batch.user_bag_w.numpy(), items)
@@ -286,7 +299,7 @@ class ServingMixin:
         with torch.no_grad():
             self.net_.eval()
             p = self.net_.user_vectors(batch)[0]
-            if self.index_ is not None:
+            if self.index_ is not None and self.social_items_ is None:
                 query = p.numpy() if row is None else np.hstack([p.numpy(), self.item_item_.user_vectors(row)])
                 idx, vals = self.index_.search(query, k, exclude=[np.unique(np.asarray(hist, np.int64))
                                                                   if filter_seen else np.zeros(0, np.int64)])
@@ -296,6 +309,8 @@ class ServingMixin:
             scores = (p @ self._item_matrix().T).numpy()
         if row is not None:
             scores += self.item_item_.scores(row, self.n_items_)
+        if self.social_items_ is not None:
+            scores += self.social_items_.scores(batch.friend_items.numpy(), self.context_.n_items, self.n_items_)
         if filter_seen and hist:
             scores[0, hist] = -np.inf
         idx, vals = topk(scores, k)

@@ -10,7 +10,9 @@ added with :meth:`~mgrec.mgr.MGR.add_items`) and the top-``k``::
     outputs scores (B, n_items) float32      (unless scores=False)
             top_items (B, k) int64, top_scores (B, k) float32
 
-When the model has a profile prior (:mod:`mgrec.profile_prior`), the graph also holds it as
+When the model has the friends' items part (:mod:`mgrec.social_items`), the graph adds its
+weight times each item's count among ``friend_items``, as :meth:`MGR.score <mgrec.mgr.MGR.score>`
+does. When the model has a profile prior (:mod:`mgrec.profile_prior`), the graph also holds it as
 constants and, like :meth:`MGR.score <mgrec.mgr.MGR.score>`, gives its scores to the rows with
 no history and no friends (every ``hist_items`` is the padding code, every ``friends`` too).
 
@@ -66,12 +68,14 @@ class _ScoringGraph(nn.Module):
     """``Batch`` tensors -> (scores,) top items, top scores, with constant item vectors."""
 
     def __init__(self, net: nn.Module, items: torch.Tensor, k: int, with_scores: bool,
-                 prior: _PriorGraph | None = None) -> None:
+                 prior: _PriorGraph | None = None, social: tuple[float, int] | None = None) -> None:
         super().__init__()
         self.net = net
         self.register_buffer("items_t", items.T.contiguous())
         self.k, self.with_scores = int(k), bool(with_scores)
         self.prior = prior
+        # the friends' items part: (weight, the padding code of friend_items)
+        self.social = social
 
     def forward(self, users: torch.Tensor, user_cat: torch.Tensor, user_num: torch.Tensor,
                 user_bag: torch.Tensor, user_bag_w: torch.Tensor, hist_items: torch.Tensor,
@@ -86,12 +90,23 @@ class _ScoringGraph(nn.Module):
             parts[g], present[g] = enc(batch)
         p, _ = self.net.fusion(parts, present)
         scores = p @ self.items_t
+        if self.social is not None:
+            scores = scores + self.social[0] * _friend_counts(friend_items, self.social[1], scores.shape[1])
         if self.prior is not None:
             scores = self.prior(scores, user_cat, user_bag, user_bag_w, hist_items, friends)
         top_scores, top_items = torch.topk(scores, self.k, dim=1, largest=True, sorted=True)
         if self.with_scores:
             return scores, top_items, top_scores
         return top_items, top_scores
+
+
+def _friend_counts(friend_items: torch.Tensor, pad: int, n_items: int) -> torch.Tensor:
+    """``(B, n_items)`` each item's count among ``friend_items`` (:func:`mgrec.social_items.friend_item_counts`):
+    padding goes to an extra column, dropped."""
+    flat = friend_items.reshape(friend_items.shape[0], -1)
+    flat = torch.where(flat >= pad, torch.full_like(flat, n_items), flat)
+    counts = torch.zeros(flat.shape[0], n_items + 1, dtype=torch.float32)
+    return counts.scatter_add(1, flat, torch.ones_like(flat, dtype=torch.float32))[:, :n_items]
 
 
 class _PriorGraph(nn.Module):
@@ -133,6 +148,7 @@ def _check_mgr(model: Any) -> None:
     if getattr(model, "item_item_", None) is not None:
         raise ConfigError("ONNX export does not cover the item-item part of the behaviour granularity "
                           "(it reads the whole training history); train with item_item 'none' to export")
+
 
 
 @contextmanager
@@ -179,7 +195,9 @@ def _export_bytes(model: Any, k: int, scores: bool, dynamo: bool, optimize: bool
         with _frozen_data(model):
             items = model._item_matrix().detach().to(torch.float32)
             prior = _PriorGraph(model) if getattr(model, "prior_", None) is not None else None
-            graph = _ScoringGraph(net, items, min(k, items.shape[0]), scores, prior).eval()
+            part = getattr(model, "social_items_", None)
+            social = None if part is None else (float(part.scale), int(model.context_.n_items))
+            graph = _ScoringGraph(net, items, min(k, items.shape[0]), scores, prior, social).eval()
             batch = _example_batch(model)
             args = tuple(getattr(batch, name) for name in BATCH_INPUTS)
             outputs = list(OUTPUTS if scores else OUTPUTS[1:])

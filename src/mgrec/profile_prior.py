@@ -37,6 +37,7 @@ import torch
 
 from mgrec.feature_arrays import FeatureArrays
 from mgrec.metrics import compute, hit_matrix
+from mgrec.recommender import topk
 
 __all__ = ["PRIOR_K", "ProfilePrior", "design_matrix", "fit_profile_prior"]
 
@@ -141,10 +142,7 @@ def design_matrix(cat: np.ndarray, bag_idx: np.ndarray, bag_w: np.ndarray, cat_o
 
 
 def _ndcg(scores: np.ndarray, truth: sp.csr_matrix) -> float:
-    k = min(PRIOR_K, scores.shape[1])
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.take_along_axis(scores, top, axis=1).argsort(axis=1)[:, ::-1]
-    ranked = np.take_along_axis(top, order, axis=1)
+    ranked = topk(scores, PRIOR_K)[0]
     values = compute(hit_matrix(ranked, truth), np.diff(truth.indptr), [PRIOR_K], ["ndcg"])
     return float(next(iter(values.values())).mean())
 

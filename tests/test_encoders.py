@@ -596,6 +596,19 @@ def test_unique_rows_inverts_exactly_and_survives_hash_collisions(monkeypatch):
         enc.unique_rows(rows[0])
 
 
+
+def test_row_key_weights_stay_on_the_cpu_under_another_default_device():
+    # training runs inside ``torch.device(cuda)`` (DistContext.device_scope); the CPU generator
+    # once made torch.rand raise there ("Expected a 'cuda' device type for generator"); the meta
+    # device stands in for CUDA on a machine without one
+    import mgrec.encoders as enc
+
+    cpu = enc._row_key_weights(4)
+    with torch.device("meta"):
+        scoped = enc._row_key_weights(4)
+    assert scoped.device.type == "cpu" and torch.equal(scoped, cpu)
+    assert bool(((cpu >= 1) & (cpu < 2)).all())
+
 @pytest.mark.parametrize("subset", [False, True])
 def test_catalogue_bags_by_fixed_product_match_embedding_bag_in_values_and_gradients(subset):
     tower = make_tower(id_dropout=0.0)

@@ -236,8 +236,10 @@ def _bag_matrix(flat: torch.Tensor, weights: torch.Tensor | None, n_rows: int,
 
 
 def _row_key_weights(n: int) -> torch.Tensor:
-    """``n`` fixed float64 weights in [1, 2) (the same in every process)."""
-    return 1.0 + torch.rand(n, generator=torch.Generator().manual_seed(0x5EED + n), dtype=torch.float64)
+    """``n`` fixed float64 weights in [1, 2) (the same in every process), on the CPU whatever the
+    default device (the generator is a CPU one)."""
+    gen = torch.Generator().manual_seed(0x5EED + n)
+    return 1.0 + torch.rand(n, generator=gen, dtype=torch.float64, device="cpu")
 
 
 def unique_rows(rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -214,6 +214,42 @@ def test_evaluate_split_parts(model):
         evaluate_split(model, split, data, part="train")
 
 
+
+class NextItem(FixedModel):
+    """Ranks first the item after each user's latest seen item (a one-step sequence model)."""
+
+    def __init__(self, seen: sp.csr_matrix, last: np.ndarray) -> None:
+        super().__init__(np.zeros(seen.shape, np.float32), seen)
+        self.last = np.asarray(last, dtype=np.int64)
+
+    def observe(self, users, items, times=None, weights=None) -> None:
+        super().observe(users, items, times, weights)
+        last = self.last.copy()  # replaced, not written in place (Recommender.observed)
+        last[np.asarray(users)] = np.asarray(items)  # the events come in time order
+        self.last = last
+
+    def score(self, users: np.ndarray) -> np.ndarray:
+        out = np.zeros((len(users), self.n_items_), np.float32)
+        out[np.arange(len(users)), (self.last[users] + 1) % self.n_items_] = 1.0
+        return out
+
+
+def test_evaluate_split_under_loo_ranks_the_test_event_after_observing_the_validation_event():
+    # every user walks items 0, 1, 2, 3 in order: train 0-1, validation 2, test 3
+    data = SimpleNamespace(n_users=3, n_items=5)
+    split = _split([(u, i) for u in range(3) for i in (0, 1)], valid=[(u, 2) for u in range(3)],
+                   test=[(u, 3) for u in range(3)])
+    split.valid["timestamp"] = np.array([30, 30, 30])
+    model = NextItem(_csr([[0, 1]] * 3, 5), last=[1, 1, 1])
+    split.protocol = "random"  # no order: the model ranks from its training state (item 2 first)
+    assert evaluate_split(model, split, data, part="test", ks=(1,), metrics=("hit",))["hit@1"] == 0.0
+    split.protocol = "loo"
+    loo = evaluate_split(model, split, data, part="test", ks=(1,), metrics=("hit", "ndcg"))
+    assert loo["hit@1"] == 1.0 and loo["ndcg@1"] == 1.0
+    # the model itself has not observed the validation events
+    assert model.last.tolist() == [1, 1, 1] and model.seen_[0].indices.tolist() == [0, 1]
+    assert evaluate_split(model, split, data, part="valid", ks=(1,), metrics=("hit",))["hit@1"] == 1.0
+
 def test_sampled_warns_prefixes_and_ranks():
     # user 0: scores 6..1 for items 0..5, seen {0}, truth {1, 3}: negatives from {2, 4, 5}.
     m = FixedModel(_scores_from_orders([ORDERS[0]]), _csr([[0]], 6))

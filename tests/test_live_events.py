@@ -143,3 +143,37 @@ def test_stored_events_join_the_dataset():
         events_dataset(frame.iloc[:0])
     with pytest.raises(DataError, match="lacks a column"):
         events_dataset(frame.drop(columns="weight"))
+
+
+def test_observed_is_a_copy_with_the_events_and_leaves_the_model_as_it_was(mgr):
+    users = np.arange(mgr.n_users_)
+    before = mgr.score(users).copy()
+    user = 3
+    item = int(np.setdiff1d(np.arange(mgr.n_items_), mgr.seen_[user].indices)[0])
+    last = float(mgr.context_.history(user)[1][-1])
+    twin = mgr.observed(np.array([user]), np.array([item]), np.array([last + 60.0]))
+    assert twin is not mgr and twin.net_ is mgr.net_  # the weights are shared, not copied
+    assert item in twin.seen_[user].indices and item not in mgr.seen_[user].indices
+    assert twin.context_.history(user)[0][-1] == item and mgr.context_.history(user)[0][-1] != item
+    assert not np.allclose(twin.score(np.array([user])), before[user])
+    np.testing.assert_array_equal(mgr.score(users), before)  # the original model is unchanged
+    twin.query_vectors(np.array([user]))  # the copy's vector cache is its own
+    assert twin._vector_cache is not mgr._vector_cache
+
+
+def test_sasrec_observe_appends_events_in_time_order_and_keeps_the_window():
+    from mgrec.baselines.sasrec import SASRec
+
+    ds = _dataset()
+    m = SASRec({"max_len": 3, "dim": 8, "n_heads": 1, "n_blocks": 1, "epochs": 1}, seed=0).fit(ds, ds.interactions)
+    pad = m.n_items_
+    assert m.hist_[0].tolist() == [0, 1, 2] and m.hist_[1].tolist() == [pad, 2, 3]
+    before = m.score(np.array([1])).copy()
+    twin = m.observed(np.array([1, 1, 0]), np.array([0, 4, 4]), np.array([50.0, 40.0, 60.0]))
+    assert twin.hist_[1].tolist() == [3, 4, 0]  # 4 (t=40) before 0 (t=50); the oldest drops out
+    assert twin.hist_[0].tolist() == [1, 2, 4]
+    assert m.hist_[1].tolist() == [pad, 2, 3]  # the original keeps its sequences
+    assert not np.allclose(twin.score(np.array([1])), before)
+    np.testing.assert_array_equal(m.score(np.array([1])), before)
+    untimed = m.observed(np.array([1]), np.array([1]))
+    assert untimed.hist_[1].tolist() == [2, 3, 1]

@@ -27,6 +27,8 @@ from mgrec.errors import ConfigError, DataError
 from mgrec.metrics import canonical_truth, check_ks, check_metrics, compute, hit_matrix
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from mgrec.data.dataset import Dataset
     from mgrec.data.split import Split
     from mgrec.recommender import Recommender
@@ -35,6 +37,7 @@ __all__ = [
     "DEFAULT_KS",
     "DEFAULT_METRICS",
     "MEMORY_BUDGET_BYTES",
+    "OBSERVE_VALID",
     "SampledMetricsWarning",
     "default_chunk_size",
     "evaluate",
@@ -46,6 +49,12 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_KS: tuple[int, ...] = (5, 10, 20)
 DEFAULT_METRICS: tuple[str, ...] = ("precision", "recall", "f1", "ndcg", "map", "mrr", "hit")
+#: Split protocols whose test ranking reads the validation events as history (the model,
+#: trained on ``train``, observes them without retraining): under leave-one-out the validation
+#: event is the one just before the test event, and SASRec's protocol (Kang & McAuley 2018;
+#: Klenitskiy & Vasilev 2023) feeds the whole sequence before the test item. ``random`` holds
+#: out events in no order, and ``temporal`` keeps the model at its training cut.
+OBSERVE_VALID: frozenset[str] = frozenset({"loo"})
 
 #: Memory allowed for the score matrices of one chunk of users.
 MEMORY_BUDGET_BYTES = 256 * 2**20
@@ -158,8 +167,11 @@ def evaluate_split(
 
     With ``part="test"`` the truth is ``split.test`` and the validation items are excluded
     from the rankings (the model's own training items are filtered by ``recommend``), so
-    no known interaction is counted as a recommendation. With ``part="valid"`` the truth is
-    ``split.valid`` and nothing else is excluded.
+    no known interaction is counted as a recommendation. Under the protocols of
+    :data:`OBSERVE_VALID` (``loo``) the test ranking comes from :meth:`Recommender.observed`:
+    a copy of the model that has observed the validation events as history (``model`` itself
+    is unchanged). With ``part="valid"`` the truth is ``split.valid`` and nothing else is
+    excluded.
 
     Args:
         model: a fitted recommender, trained on ``split.train`` of ``dataset``.
@@ -191,7 +203,18 @@ def evaluate_split(
     if part == "test" and split.valid is not None and len(split.valid):
         valid = to_csr(split.valid, *shape)
         exclude = valid if exclude is None else _union(valid, exclude)
+        if getattr(split, "protocol", None) in OBSERVE_VALID:
+            model = model.observed(*_event_columns(split.valid))
     return evaluate(model, truth, exclude=exclude, **kw)  # type: ignore[arg-type]
+
+
+def _event_columns(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``users, items, times, weights`` of an interaction frame, in time order when it has times."""
+    if "timestamp" in frame.columns:
+        frame = frame.sort_values("timestamp", kind="stable")
+    return (frame["user"].to_numpy(np.int64), frame["item"].to_numpy(np.int64),
+            frame["timestamp"].to_numpy() if "timestamp" in frame.columns else None,
+            frame["weight"].to_numpy(np.float32) if "weight" in frame.columns else None)
 
 
 # ------------------------------------------------------------------------------ sampled

@@ -73,6 +73,10 @@ class ServingMixin:
         self._vector_cache: OrderedDict[int, np.ndarray] = OrderedDict()
         self._context_gen = 0
 
+    def _own_caches(self) -> None:
+        super()._own_caches()  # type: ignore[misc]
+        self._reset_vector_cache()
+
     # ------------------------------------------------------- the serving index path
     def query_vectors(self, users: np.ndarray) -> np.ndarray:
         """``(B, D)`` fused user vectors ``p_{u,c}`` in the current context (see :meth:`score`),

@@ -11,6 +11,7 @@ weights that do not match their checksum (modified or truncated) are refused.
 
 from __future__ import annotations
 
+import copy
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -228,6 +229,22 @@ class Recommender(ABC):
             return
         self._pop_cache = None
         self.seen_ = _with_entries(self.seen_, users, items)
+
+    def observed(self, users: np.ndarray, items: np.ndarray, times: np.ndarray | None = None,
+                 weights: np.ndarray | None = None) -> Recommender:
+        """A copy of the model that has also :meth:`observe`-d these events; the model itself
+        is left as it was. The copy shares the trained weights (read only) and gets its own
+        caches. Evaluation uses it under ``loo``: the test ranking reads the validation event
+        as history, as a deployed model would, without retraining.
+        """
+        twin = copy.copy(self)
+        twin._own_caches()
+        twin.observe(users, items, times, weights)
+        return twin
+
+    def _own_caches(self) -> None:
+        """Replace, in a shallow copy, every cache that :meth:`observe` would change in place."""
+        self._pop_cache = None
 
     def _popularity(self) -> np.ndarray:
         """Training interaction counts per item (the fallback ranking for cold users)."""

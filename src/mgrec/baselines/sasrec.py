@@ -368,6 +368,26 @@ class SASRec(Recommender):
                 out[start:start + len(seq)] = (self.net_(seq)[:, -1] @ table.T).numpy()
         return out
 
+    def observe(self, users: np.ndarray, items: np.ndarray, times: np.ndarray | None = None,
+                weights: np.ndarray | None = None) -> None:
+        """New events join the end of their users' sequences (in time order when ``times`` are
+        given, else in the order given), so the next ranking reads them; no retraining."""
+        super().observe(users, items, times, weights)
+        users = np.asarray(users, dtype=np.int64).reshape(-1)
+        if self.hist_ is None or not len(users):
+            return
+        items = np.asarray(items, dtype=np.int64).reshape(-1)
+        keys = (np.arange(len(users)),) if times is None else (np.asarray(times).reshape(-1),)
+        order = np.lexsort((*keys, users))
+        users, items = users[order], items[order]
+        hist, pad, width = self.hist_.numpy().copy(), self.n_items_, self.hist_.shape[1]
+        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]])
+        for a, b in zip(starts, np.r_[starts[1:], len(users)]):
+            row = hist[users[a]]
+            seq = np.concatenate([row[row != pad], items[a:b]])[-width:]
+            hist[users[a]] = np.concatenate([np.full(width - len(seq), pad, np.int64), seq])
+        self.hist_ = torch.from_numpy(hist)  # replaced, not written in place (see Recommender.observed)
+
     # -------------------------------------------------------------- persistence
     def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         check_fitted(self.net_ is not None and self.hist_ is not None, self.name)

@@ -285,7 +285,7 @@ def test_windows_bad_stride():
 
 
 def test_pack_steps_counts_off_targets_by_hand():
-    from mgrec.batching import pack_steps
+    from mgrec.training import pack_steps
 
     sizes = np.array([3, 5, 2, 4, 1, 6])
     order = np.array([5, 0, 2, 1, 4, 3])  # targets 6, 3, 2, 5, 1, 4: cumulative 6, 9, 11, 16, 17, 21

@@ -35,7 +35,7 @@ from mgrec.encoders.base import Batch
 from mgrec.errors import ConfigError, DataError
 from mgrec.feature_arrays import MAX_TOKENS, FeatureArrays, ItemArrays, build_item_arrays, feature_arrays
 
-__all__ = ["ContextBuilder", "FeatureArrays", "ItemArrays", "build_item_arrays", "feature_arrays", "pack_steps"]
+__all__ = ["ContextBuilder", "FeatureArrays", "ItemArrays", "build_item_arrays", "feature_arrays"]
 
 class ContextBuilder:
     """Per-user context arrays and vectorised :class:`Batch` construction.
@@ -450,31 +450,6 @@ class ContextBuilder:
                 or self.trained.shape != (self.n_users,)):
             raise ValueError("context arrays do not match the saved sizes")
         return self
-
-
-def pack_steps(order: np.ndarray, sizes: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Cut an epoch's order of blocks into steps of about ``batch_size`` targets each.
-
-    Blocks are taken in ``order``; a block joins the step in which its last target falls when
-    targets are counted off in runs of ``batch_size`` (so a step holds ``batch_size`` targets
-    give or take one block, and every block is in exactly one step).
-
-    Args:
-        order: block indices in the epoch's order.
-        sizes: ``(n_blocks,)`` the number of targets of each block (all positive).
-        batch_size: targets per step.
-
-    Returns:
-        The steps, each an array of block indices (in ``order``'s order).
-    """
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-    order = np.asarray(order, dtype=np.int64)
-    if len(order) == 0:
-        return []
-    step = (np.cumsum(np.asarray(sizes)[order]) - 1) // batch_size
-    cuts = np.flatnonzero(np.diff(step)) + 1
-    return np.split(order, cuts)
 
 
 def _gather(values: np.ndarray, pos: np.ndarray, valid: np.ndarray, fill: float) -> np.ndarray:

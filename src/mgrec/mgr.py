@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from mgrec.baselines import check_fitted, check_users
-from mgrec.batching import ContextBuilder, pack_steps
+from mgrec.batching import ContextBuilder
 from mgrec.config import from_dict, to_dict
 from mgrec.data.dataset import Dataset
 from mgrec.data.features import EncodedFeatures, FeatureEncoder, encode_features
@@ -52,7 +52,7 @@ from mgrec.optim import make_optimizer, sparse_parameters
 from mgrec.profile_prior import ProfilePrior
 from mgrec.recommender import Recommender
 from mgrec.social_items import SocialItemsPart
-from mgrec.training import EarlyStopping, fit_epochs, torch_threads, validation_scorer
+from mgrec.training import EarlyStopping, fit_epochs, pack_steps, torch_threads, validation_scorer
 
 __all__ = ["MGR", "MGRConfig"]
 
@@ -234,7 +234,7 @@ class MGR(PartsMixin, ServingMixin, Recommender):
         """Sequence mode: one transformer pass per window of events serves every target in
         its block (:meth:`ContextBuilder.windows`); the other granularities are encoded per
         target from the events before it, at the request time scoring uses. A step takes
-        blocks until it holds ``batch_size`` targets (:func:`~mgrec.batching.pack_steps`);
+        blocks until it holds ``batch_size`` targets (:func:`~mgrec.training.pack_steps`);
         with several ranks, each takes its share of the step's blocks."""
         from mgrec.distributed import current
 

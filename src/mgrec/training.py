@@ -9,6 +9,9 @@ means the same thing for BPR-MF, LightGCN, SASRec, MultiVAE and the fused model.
 The loop's own state (:class:`FitState`: epoch, history, best snapshot, patience counter) can
 be handed in to continue a run and is handed out after every epoch, which is what
 checkpoints (:mod:`mgrec.checkpoint`) save and resume.
+
+:func:`pack_steps` cuts an epoch's order of variable-size blocks (sequence windows) into
+steps of about ``batch_size`` targets.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
@@ -29,7 +33,7 @@ from mgrec.allocator import tune_malloc
 from mgrec.data.dataset import to_csr
 from mgrec.errors import ConfigError
 
-__all__ = ["EarlyStopping", "FitHistory", "FitState", "fit_epochs", "validation_scorer", "torch_threads"]
+__all__ = ["EarlyStopping", "FitHistory", "FitState", "fit_epochs", "pack_steps", "validation_scorer", "torch_threads"]
 
 logger = logging.getLogger(__name__)
 
@@ -169,6 +173,31 @@ def fit_epochs(
     else:
         history.best_epoch = len(history.epochs)
     return history
+
+
+def pack_steps(order: np.ndarray, sizes: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """Cut an epoch's order of blocks into steps of about ``batch_size`` targets each.
+
+    Blocks are taken in ``order``; a block joins the step in which its last target falls when
+    targets are counted off in runs of ``batch_size`` (so a step holds ``batch_size`` targets
+    give or take one block, and every block is in exactly one step).
+
+    Args:
+        order: block indices in the epoch's order.
+        sizes: ``(n_blocks,)`` the number of targets of each block (all positive).
+        batch_size: targets per step.
+
+    Returns:
+        The steps, each an array of block indices (in ``order``'s order).
+    """
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    order = np.asarray(order, dtype=np.int64)
+    if len(order) == 0:
+        return []
+    step = (np.cumsum(np.asarray(sizes)[order]) - 1) // batch_size
+    cuts = np.flatnonzero(np.diff(step)) + 1
+    return np.split(order, cuts)
 
 
 def validation_scorer(

@@ -61,6 +61,46 @@ def test_dot_softmax_equals_softmax_loss_in_value_and_gradients(monkeypatch, blo
     assert torch.allclose(grads[1][2], grads[0][2], atol=1e-5)
 
 
+def test_dot_softmax_in_bfloat16_hand_values():
+    # the hand example's inputs are exact in bfloat16, so the logits and the loss are exact;
+    # the gradient products read the softmax rounded to bfloat16 (8 significant bits: 0.4%)
+    p = torch.tensor([[1.0], [1.0]], requires_grad=True)
+    q = torch.tensor([[1.0], [2.0], [3.0]], requires_grad=True)
+    got = dot_softmax_loss(p, q, torch.tensor([0, 2]), matmul_dtype=torch.bfloat16)
+    assert got.dtype == torch.float32
+    assert float(got) == pytest.approx((2.407606 + 0.407606) / 2, abs=1e-5)
+    got.backward()
+    assert p.grad.dtype == q.grad.dtype == torch.float32
+    assert p.grad[:, 0].tolist() == pytest.approx([(2.575210 - 1) / 2, (2.575210 - 3) / 2], abs=1e-2)
+    assert q.grad[:, 0].tolist() == pytest.approx([(2 * 0.090031 - 1) / 2, 0.244728, (2 * 0.665241 - 1) / 2],
+                                                  abs=1e-2)
+
+
+@pytest.mark.parametrize("block", [1 << 19, 40])  # one block; blocks of 2 rows (20 items)
+def test_dot_softmax_in_bfloat16_is_close_to_float32(monkeypatch, block):
+    monkeypatch.setattr(losses, "BLOCK_ENTRIES", block)
+    g = torch.Generator().manual_seed(3)
+    p0, q0 = torch.randn(33, 16, generator=g), 0.5 * torch.randn(20, 16, generator=g)
+    target = torch.randint(0, 20, (33,), generator=g)
+    out = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        p, q = p0.clone().requires_grad_(), q0.clone().requires_grad_()
+        loss = dot_softmax_loss(p, q, target, matmul_dtype=dtype)
+        loss.backward()
+        out[dtype] = (float(loss), p.grad, q.grad)
+    full, low = out[torch.float32], out[torch.bfloat16]
+    assert low[0] == pytest.approx(full[0], rel=2e-2)
+    for a, b in zip(full[1:], low[1:], strict=True):
+        assert float((a - b).norm() / a.norm()) < 2e-2
+    assert not torch.equal(full[1], low[1])  # it did run in bfloat16
+
+
+def test_dot_softmax_rejects_other_matmul_dtypes():
+    p, q = torch.randn(2, 3, requires_grad=True), torch.randn(4, 3)
+    with pytest.raises(ValueError, match="matmul_dtype must be torch.float32 or torch.bfloat16"):
+        dot_softmax_loss(p, q, torch.tensor([0, 1]), matmul_dtype=torch.float16)
+
+
 def test_dot_softmax_without_autograd_is_softmax_loss():
     p, q, target = torch.randn(3, 2), torch.randn(4, 2), torch.tensor([0, 1, 3])
     with torch.no_grad():

@@ -453,6 +453,28 @@ def lonely(data):
     return model, lone, ds2
 
 
+def test_loss_precision_resolves_per_device_and_is_recorded(data, tmp_path, monkeypatch):
+    from mgrec.mgr_config import resolve_loss_precision
+
+    cpu = torch.device("cpu")
+    for name in ("float32", "bfloat16"):
+        assert resolve_loss_precision(MGRConfig(loss_precision=name), cpu) == name
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert resolve_loss_precision(MGRConfig(), cpu) == "float32"  # no native bfloat16: float32
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    assert resolve_loss_precision(MGRConfig(), cpu) == "bfloat16"
+    with pytest.raises(ValueError, match="loss_precision must be one of auto, float32, bfloat16"):
+        MGRConfig(loss_precision="fp16")
+    low = _fit(data, loss_precision="bfloat16")
+    full = _fit(data, loss_precision="float32")
+    assert (low.fit_info()["loss_precision"], full.fit_info()["loss_precision"]) == ("bfloat16", "float32")
+    # the same draws, different rounding: close, not equal
+    a, b = low.score(np.arange(50)), full.score(np.arange(50))
+    assert not np.array_equal(a, b) and np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+    low.save(tmp_path / "m")
+    assert type(low).load(tmp_path / "m").fit_info()["loss_precision"] == "bfloat16"
+
+
 def test_profile_prior_ranks_users_without_history_or_friends(lonely, tmp_path):
     from mgrec.retrieval import build_index
 

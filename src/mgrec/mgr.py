@@ -45,6 +45,7 @@ from mgrec.mgr_config import (
     resolve_behavior_mode,
     resolve_cold_dropout,
     resolve_granularities,
+    resolve_loss_precision,
 )
 from mgrec.mgr_parts import PartsMixin
 from mgrec.mgr_serving import ServingMixin
@@ -100,6 +101,7 @@ class MGR(PartsMixin, ServingMixin, Recommender):
         self.item_item_valid_: dict[str, float] = {}
         self.item_item_reg_: float | None = None
         self.cold_dropout_ = 0.0
+        self.loss_precision_ = "float32"
         self.prior_: ProfilePrior | None = None
         self.social_items_: SocialItemsPart | None = None
         self.social_items_valid_: dict[str, float] = {}
@@ -168,6 +170,7 @@ class MGR(PartsMixin, ServingMixin, Recommender):
         if dctx.enabled and sparse_parameters(net):
             raise ConfigError("mgr: sparse id tables cannot train distributed; set sparse_ids 'off'")
         opt = make_optimizer(net, cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.loss_precision_ = resolve_loss_precision(cfg, device)
         stopping = EarlyStopping(cfg.epochs, cfg.eval_every, cfg.patience, cfg.progress)
         plan = active_plan()
         run: dict[str, Any] = {}
@@ -324,7 +327,8 @@ class MGR(PartsMixin, ServingMixin, Recommender):
         loss = self.loss_
         if loss == "softmax":
             p = net.user_vectors(batch, drop=drop, given=given)[0]
-            return dot_softmax_loss(p, net.item_vectors(generator=gen), target)
+            return dot_softmax_loss(p, net.item_vectors(generator=gen), target,
+                                    matmul_dtype=getattr(torch, self.loss_precision_))
         n_items = log_q.shape[0]
         if loss == "sampled_softmax":
             neg = torch.multinomial(log_q.exp(), cfg.n_negatives, replacement=True, generator=gen)
@@ -353,7 +357,8 @@ class MGR(PartsMixin, ServingMixin, Recommender):
                 "item_item_valid": {k: round(v, 6) for k, v in self.item_item_valid_.items()},
                 "item_item_scale": None if self.item_item_ is None else self.item_item_.scale,
                 "item_item_reg": self.item_item_reg_, "cold_dropout": self.cold_dropout_,
-                "loss": self.loss_, "sparse_ids": bool(self.spec_.get("sparse_ids", False)),
+                "loss": self.loss_, "loss_precision": self.loss_precision_,
+                "sparse_ids": bool(self.spec_.get("sparse_ids", False)),
                 "profile_prior": None if self.prior_ is None else dict(self.prior_.info),
                 "social_items_scale": None if self.social_items_ is None else self.social_items_.scale,
                 "social_items_valid": {k: round(v, 6) for k, v in self.social_items_valid_.items()}}
@@ -402,7 +407,7 @@ class MGR(PartsMixin, ServingMixin, Recommender):
             "behavior_mode": self.behavior_mode_, "spec": self.spec_, "context": ctx_state,
             "item_item_scale": None if self.item_item_ is None else self.item_item_.scale,
             "item_item_valid": self.item_item_valid_, "item_item_reg": self.item_item_reg_,
-            "cold_dropout": self.cold_dropout_,
+            "cold_dropout": self.cold_dropout_, "loss_precision": self.loss_precision_,
             "profile_prior": None,
             "social_items_scale": None if self.social_items_ is None else self.social_items_.scale,
             "social_items_valid": self.social_items_valid_,
@@ -451,6 +456,7 @@ class MGR(PartsMixin, ServingMixin, Recommender):
         self.item_item_valid_ = dict(meta.get("item_item_valid") or {})
         self.item_item_reg_ = meta.get("item_item_reg")
         self.cold_dropout_ = float(meta.get("cold_dropout", 0.0))
+        self.loss_precision_ = str(meta.get("loss_precision", "float32"))  # older files: float32
         social = meta.get("social_items_scale")
         self.social_items_ = None if social is None else SocialItemsPart(float(social))
         self.social_items_valid_ = dict(meta.get("social_items_valid") or {})

@@ -91,6 +91,24 @@ def test_item_bias_trains_saves_and_loads(data, tmp_path):
     assert not build_net(old_spec, model.context_, model.items_, seed=0).bias_coordinate
 
 
+def test_user_ids_off_encodes_known_users_by_their_profile_alone(data, tmp_path):
+    model = _fit(data, user_ids=False)
+    enc, ctx = model.net_.encoders["user"], model.context_
+    assert model.spec_["user_ids"] is False and not bool(enc.trained_ids.any())
+    batch = ctx.batch(np.arange(30))
+    as_new = dataclasses.replace(batch, users=torch.full_like(batch.users, ctx.n_users))
+    with torch.no_grad():
+        known, unknown = enc(batch), enc(as_new)
+    torch.testing.assert_close(known[0], unknown[0], rtol=0, atol=0)
+    assert bool(known[1].all())  # every synthetic user has a profile
+    model.save(tmp_path / "m")
+    loaded = MGR.load(tmp_path / "m")
+    assert not bool(loaded.net_.encoders["user"].trained_ids.any())
+    np.testing.assert_array_equal(loaded.score(np.arange(20)), model.score(np.arange(20)))
+    with_ids = _fit(data)
+    assert bool(with_ids.net_.encoders["user"].trained_ids.any())
+
+
 def test_granularity_switches(data):
     ds, split = data
     no_social = dataclasses.replace(ds, social=None)

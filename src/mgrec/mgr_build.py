@@ -42,6 +42,7 @@ def net_spec(cfg: Any, granularities: list[str], behavior_mode: str, ctx: Contex
         "granularities": list(granularities), "fusion": cfg.fusion, "behavior_mode": behavior_mode,
         "id_dropout": cfg.id_dropout, "dropout": cfg.dropout, "max_len": cfg.max_len,
         "hist_dropout": cfg.hist_dropout, "linear": cfg.linear, "item_bias": cfg.item_bias,
+        "user_ids": cfg.user_ids,
         "item": {"cardinalities": list(fa.cardinalities), "n_numeric": int(fa.num.shape[1]),
                  "n_bag_tokens": fa.n_bag_tokens - 1, "n_time_features": int(items.time_feats.shape[1])},
         "user": {"cardinalities": list(ua.cardinalities), "n_numeric": int(ua.num.shape[1]),
@@ -112,7 +113,8 @@ def build_net(spec: dict[str, Any], ctx: ContextBuilder, items: ItemArrays, *, s
         encoders["user"] = UserEncoder(
             n_users, dim, cat_cardinalities=su["cardinalities"], n_numeric=su["n_numeric"],
             n_bag_tokens=su["n_bag_tokens"], id_dropout=spec["id_dropout"],
-            missing_columns=list(range(1, su["n_numeric"], 2)), sparse_ids=sparse, trained=ctx.trained)
+            missing_columns=list(range(1, su["n_numeric"], 2)), sparse_ids=sparse,
+            trained=ctx.trained if spec.get("user_ids", True) else np.zeros(n_users, dtype=bool))
     if "item" in grans:
         encoders["item"] = ItemContentEncoder(tower, dim)
     if "behavior" in grans:

@@ -54,6 +54,24 @@ def test_search_space_grid_and_base():
     assert set(DEFAULT_GRIDS) == {"pop", "itemknn", "ease", "bprmf", "multivae", "lightgcn", "sasrec", "mgr"}
 
 
+def test_mgr_default_grid_searches_the_fusion_on_time_ordered_splits():
+    from mgrec.tuning import search_space
+
+    for protocol in ("random", None):
+        space = search_space("mgr", protocol=protocol)
+        assert space.grid == DEFAULT_GRIDS["mgr"] and "hist_dropout" in space.grid
+    for protocol in ("loo", "temporal"):
+        space = search_space("mgr", protocol=protocol)
+        assert space.grid == {"weight_decay": [0.5, 1.0, 2.0], "fusion": ["gated", "deep"]}
+        assert len(space) == len(search_space("mgr")) == 6  # the same budget on every split
+        # a fusion fixed by the caller is not searched
+        assert {c["fusion"] for c in search_space("mgr", base={"fusion": "weighted"}, protocol=protocol).configs()} \
+            == {"weighted"}
+    # models without an ordered grid keep their default one
+    assert search_space("sasrec", protocol="loo").grid == DEFAULT_GRIDS["sasrec"]
+    assert search_space("mgr", {"lr": [1e-3]}, protocol="loo").grid == {"lr": [1e-3]}
+
+
 def test_tune_picks_best_valid_config_without_touching_test():
     ds, split = _planted()
     grid = {"k": [1, 30]}  # one neighbour per item cannot cover a 20-item taste group: clearly worse

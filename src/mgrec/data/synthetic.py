@@ -163,19 +163,11 @@ def make_synthetic(cfg: SyntheticConfig, *, seed: int) -> Dataset:
     """
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ConfigError(f"synthetic seed must be a non-negative integer, got {seed!r}")
-    children = np.random.SeedSequence(int(seed)).spawn(5)
-    r_user, r_item, r_soc, r_time, r_sim = (np.random.default_rng(c) for c in children)
-    items = _make_items(cfg, r_item)
-    user_frame, taste, drift, sens = _make_users(cfg, r_user, items.centroids)
-    community = np.argmax(taste @ items.centroids.T, axis=1)
-    social = _make_social(cfg, r_soc, community)
-    adj = social.adjacency(cfg.n_users)
-    deg = np.asarray(adj.sum(axis=1)).ravel()
-    friends_taste = (adj @ taste) / np.maximum(deg, 1)[:, None]
-    mixed = (1 - cfg.social_mix) * taste + cfg.social_mix * friends_taste
-    taste = _unit(np.where(deg[:, None] > 0, mixed, taste))
-    ev_user, ev_ts = _make_schedule(cfg, r_time)
-    ev_item = _simulate(cfg, r_sim, items, taste, drift, sens, adj, ev_user, ev_ts)
+    w = _latent_world(cfg, seed)
+    items, user_frame, taste, drift, sens, community, social, adj = (
+        w.items, w.user_frame, w.taste, w.drift, w.sens, w.community, w.social, w.adj)
+    ev_user, ev_ts = _make_schedule(cfg, w.r_time)
+    ev_item = _simulate(cfg, w.r_sim, items, taste, drift, sens, adj, ev_user, ev_ts)
 
     order = np.lexsort((ev_user, ev_ts))
     inter = pd.DataFrame({"user": ev_user[order].astype(np.int64), "item": ev_item[order],
@@ -201,6 +193,39 @@ def make_synthetic(cfg: SyntheticConfig, *, seed: int) -> Dataset:
     )
     log.info("generated %r", ds)
     return ds
+
+
+@dataclass(frozen=True, eq=False)
+class _World:
+    """The hidden side of a world: items, users' tastes (after social mixing), friendships,
+    and the generators of the schedule and the simulation (not yet drawn from)."""
+
+    items: _Items
+    user_frame: pd.DataFrame
+    taste: np.ndarray  # (n_users, dim) unit tastes, friends mixed in
+    drift: np.ndarray  # (n_users, dim) taste drift directions
+    sens: np.ndarray  # (n_users,) price sensitivity
+    community: np.ndarray  # (n_users,) taste community
+    social: SocialGraph
+    adj: sp.csr_matrix
+    r_time: np.random.Generator
+    r_sim: np.random.Generator
+
+
+def _latent_world(cfg: SyntheticConfig, seed: int) -> _World:
+    """Everything :func:`make_synthetic` draws before the events (the same draws)."""
+    children = np.random.SeedSequence(int(seed)).spawn(5)
+    r_user, r_item, r_soc, r_time, r_sim = (np.random.default_rng(c) for c in children)
+    items = _make_items(cfg, r_item)
+    user_frame, taste, drift, sens = _make_users(cfg, r_user, items.centroids)
+    community = np.argmax(taste @ items.centroids.T, axis=1)
+    social = _make_social(cfg, r_soc, community)
+    adj = social.adjacency(cfg.n_users)
+    deg = np.asarray(adj.sum(axis=1)).ravel()
+    friends_taste = (adj @ taste) / np.maximum(deg, 1)[:, None]
+    mixed = (1 - cfg.social_mix) * taste + cfg.social_mix * friends_taste
+    taste = _unit(np.where(deg[:, None] > 0, mixed, taste))
+    return _World(items, user_frame, taste, drift, sens, community, social, adj, r_time, r_sim)
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -356,16 +381,23 @@ def _rounds(cfg: SyntheticConfig, user: np.ndarray, ts: np.ndarray) -> tuple[np.
     return proc, np.r_[np.flatnonzero(np.diff(key[proc])) + 1, n_ev]
 
 
+#: The state-free score terms, in :func:`_static_scores`' order (``drop`` names them).
+STATIC_TERMS = ("taste", "taste_drift", "popularity", "pop_drift", "daypart", "weekend", "price")
+
+
 def _static_scores(cfg: SyntheticConfig, terms: np.ndarray, taste: np.ndarray, drift: np.ndarray,
-                   sens: np.ndarray, u: np.ndarray, t: np.ndarray) -> np.ndarray:
-    """The state-free part of the scores of events ``(u, t)``: one matrix product."""
+                   sens: np.ndarray, u: np.ndarray, t: np.ndarray, drop: frozenset[str] = frozenset()) -> np.ndarray:
+    """The state-free part of the scores of events ``(u, t)``: one matrix product; the terms
+    in ``drop`` (of :data:`STATIC_TERMS`) are left out (for oracle ablations)."""
     since = t - cfg.start
     frac = since / (cfg.span_days * DAY)
+    keep = {name: float(name not in drop) for name in STATIC_TERMS}
     coef = np.column_stack([
-        taste[u] + (cfg.w_taste_drift * frac)[:, None] * drift[u],
-        np.ones(len(u)), 2 * frac - 1, np.eye(4)[since % DAY // 3600 // 6],
-        (since // DAY + 2) % 7 >= 5,  # weekend; day 0 is a Wednesday
-        sens[u],
+        keep["taste"] * taste[u] + (keep["taste_drift"] * cfg.w_taste_drift * frac)[:, None] * drift[u],
+        np.full(len(u), keep["popularity"]), keep["pop_drift"] * (2 * frac - 1),
+        keep["daypart"] * np.eye(4)[since % DAY // 3600 // 6],
+        keep["weekend"] * ((since // DAY + 2) % 7 >= 5),  # weekend; day 0 is a Wednesday
+        keep["price"] * sens[u],
     ]).astype(np.float32)
     return coef @ terms
 

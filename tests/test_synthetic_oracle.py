@@ -55,6 +55,13 @@ def test_default_world_every_group_carries_signal_and_request_time_is_read():
     assert early["all"] != got["all"]
 
 
+def test_a_world_without_friends_has_no_social_signal():
+    cfg = dataclasses.replace(SMALL, social_degree=0.0)
+    test, history = _requests(cfg)
+    got = oracle_ndcg(cfg, 0, test, history)
+    assert got["no-social"] == got["all"] > 0
+
+
 def test_unknown_terms_are_an_error():
     test, history = _requests(SMALL)
     with pytest.raises(ValueError, match="variant 'x': unknown score terms \\['tast'\\]"):

@@ -84,12 +84,15 @@ def oracle_ndcg(cfg: SyntheticConfig, seed: int, requests: pd.DataFrame, history
     relevant = requests["item"].to_numpy(np.int64)
     gains = {name: np.zeros(len(users)) for name in variants}
     window = int(cfg.social_window_days * DAY)
+    c_size = np.bincount(items.cluster, minlength=cfg.n_clusters)
+    by_cluster = np.argsort(items.cluster, kind="stable")
     for lo in range(0, len(users), chunk):
         u, t = users[lo:lo + chunk], times[lo:lo + chunk]
         rows = np.arange(len(u))
         # the user's events before t: seen items (excluded) and the previous item
-        seen_rows, seen_items, prev = [], [], np.full(len(u), -1, np.int64)
-        friend_rows, friend_items = [], []
+        none = np.empty(0, np.int64)  # a start for each list: a chunk may have no friends at all
+        seen_rows, seen_items, prev = [none], [none], np.full(len(u), -1, np.int64)
+        friend_rows, friend_items = [none], [none]
         for r, (uu, tt) in enumerate(zip(u.tolist(), t.tolist())):
             ev = by_user[starts[uu]:starts[uu + 1]]
             ev = ev[h_ts[ev] < tt]
@@ -105,8 +108,6 @@ def oracle_ndcg(cfg: SyntheticConfig, seed: int, requests: pd.DataFrame, history
         friends = (np.concatenate(friend_rows), np.concatenate(friend_items))
         has = rows[prev >= 0]
         target = items.succ_cluster[items.cluster[prev[has]]]
-        c_size = np.bincount(items.cluster, minlength=cfg.n_clusters)
-        by_cluster = np.argsort(items.cluster, kind="stable")
         c_rows, c_idx = _ragged((np.cumsum(c_size) - c_size)[target], c_size[target])
         unreleased = items.release[None, :] > t[:, None]
         for name, terms in variants.items():

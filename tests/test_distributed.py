@@ -253,6 +253,19 @@ def two_process_run(tmp_path_factory) -> Path:
     return root / "out"
 
 
+@pytest.fixture(scope="module")
+def two_process_shards_run(tmp_path_factory) -> Path:
+    """``torchrun --nproc_per_node=2 ... --shards DIR`` (seed 0): each rank reads its own users'
+    part of the split folder (and their friends' events) and trains on its own users."""
+    root = tmp_path_factory.mktemp("shards")
+    assert main(["data", "split", "synthetic", "--format", "shards", "--out", str(root / "split")]) == 0
+    argv = ["train", "--shards", str(root / "split"), "--model", "mgr", "--seed", "0", "--out", str(root / "out"),
+            "--config", json.dumps(CLI_CONFIG)]
+    text = _run(_torchrun("-m", "mgrec", "-v", *argv), root / "log.txt")
+    assert "shard 0 of 2: users 0.." in text  # rank 0's log (the other ranks log warnings only)
+    return root / "out"
+
+
 def _worker_main(out: Path) -> None:
     """Each rank of a 2-process torchrun: collectives, then a sequence-mode fit."""
     with distributed.session() as ctx:
@@ -283,24 +296,29 @@ def test_collectives_and_windows_training_on_two_ranks(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_match_single_process_within_seed_spread(two_process_run, tmp_path, capsys):
-    record = json.loads((two_process_run / "run.json").read_text())
-    assert record["distributed"] == {"world_size": 2, "backend": "gloo"} and record["epochs"] == 5
+def test_two_processes_match_single_process_within_seed_spread(two_process_run, two_process_shards_run, tmp_path,
+                                                               capsys):
+    for run in (two_process_run, two_process_shards_run):
+        record = json.loads((run / "run.json").read_text())
+        assert record["distributed"] == {"world_size": 2, "backend": "gloo"} and record["epochs"] == 5
     single = {}
     for seed in (0, 1, 2):
         out = tmp_path / f"s{seed}"
         assert main(_train_argv(out, seed=seed)) == 0
         single[seed] = _test_ndcg(out)
     capsys.readouterr()
-    two = _test_ndcg(two_process_run)
+    two, shards = _test_ndcg(two_process_run), _test_ndcg(two_process_shards_run)
     values = list(single.values())
     spread = max(values) - min(values)
-    print(f"test ndcg@10: 2 processes {two:.4f}, 1 process {single}, seed spread {spread:.4f}")
+    print(f"test ndcg@10: 2 processes {two:.4f}, 2 processes on shards {shards:.4f}, 1 process {single}, "
+          f"seed spread {spread:.4f}")
     # The same seed (so the same data), global batch and number of steps: only the random
     # streams differ (per-rank noise, the shared epoch order). A seed also changes the
     # synthetic data, so the spread over seeds is wide (0.023 here); the paired difference
     # must be well inside it and below 0.01 (measured: at most 0.0008 over seeds 0-3).
     assert abs(two - single[0]) <= min(spread, 0.01)
+    # On shards each rank also draws its steps from its own users' events only
+    assert abs(shards - single[0]) <= min(spread, 0.01)
 
 
 def _descendants(pid: int) -> list[int]:

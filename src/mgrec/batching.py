@@ -48,6 +48,11 @@ class ContextBuilder:
         friend_len: recent items per friend.
         user_features: encoded user features (rows = user codes) or ``None``.
         max_tokens: bag tokens kept per user.
+        whole: when ``history`` is one data-parallel rank's part (its users' and their friends'
+            events), the values over every rank's part: ``activity`` (``(n_users,)``, see
+            :meth:`_activity`), ``trained`` (``(n_users,)`` bool) and ``t_range`` (``(t_min,
+            t_max)``), so that friend lists, trained ids and the time span are the ones the
+            whole history gives.
     """
 
     def __init__(
@@ -60,6 +65,7 @@ class ContextBuilder:
         friend_len: int,
         user_features: EncodedFeatures | None = None,
         max_tokens: int = MAX_TOKENS,
+        whole: Mapping[str, Any] | None = None,
     ) -> None:
         for name, v in (("max_len", max_len), ("max_friends", max_friends), ("friend_len", friend_len)):
             if v < 1:
@@ -79,37 +85,27 @@ class ContextBuilder:
         self.trained = np.diff(self.indptr) > 0
         self.t_min = float(ts.min()) if self.has_time and len(ts) else math.nan
         self.t_max = float(ts.max()) if self.has_time and len(ts) else math.nan
-        self.friends = self._friend_table(dataset)
+        activity = None
+        if whole is not None:
+            self.trained = np.asarray(whole["trained"], dtype=bool)
+            self.t_min, self.t_max = (float(t) for t in whole["t_range"])
+            activity = np.asarray(whole["activity"])
+        self.friends = self._friend_table(dataset, activity)
         self.user_encoder: FeatureEncoder | None = user_features.encoder if user_features else None
         self.user_arrays = feature_arrays(user_features, self.n_users, max_tokens)
         self.max_tokens = max_tokens
 
     # ------------------------------------------------------------------ friends
-    def _friend_table(self, dataset: Dataset) -> np.ndarray:
-        """``(n_users, max_friends)`` friend codes padded with ``n_users``, strongest first."""
-        n, f = self.n_users, self.max_friends
-        out = np.full((n, f), n, np.int64)
-        g = dataset.social
-        if g is None or len(g) == 0:
-            return out
-        src, dst = np.concatenate([g.src, g.dst]), np.concatenate([g.dst, g.src])
-        w = np.concatenate([g.weight, g.weight]).astype(np.float64)
-        keep = src != dst
-        src, dst, w = src[keep], dst[keep], w[keep]
-        activity = self._activity()
-        order = np.lexsort((dst, -activity[dst], -w, src))
-        src, dst = src[order], dst[order]
-        first = np.r_[True, (np.diff(src) != 0) | (np.diff(dst) != 0)]  # drop duplicate pairs
-        src, dst = src[first], dst[first]
-        per = np.bincount(src, minlength=n)
-        rank = np.arange(len(src)) - np.repeat(np.cumsum(per) - per, per)
-        ok = rank < f
-        out[src[ok], rank[ok]] = dst[ok]
-        return out
+    def _friend_table(self, dataset: Dataset, activity: np.ndarray | None = None) -> np.ndarray:
+        """``(n_users, max_friends)`` friend codes padded with ``n_users``, strongest first (ties:
+        the more active friend, by ``activity``, default :meth:`_activity`)."""
+        if dataset.social is None or len(dataset.social) == 0:
+            return np.full((self.n_users, self.max_friends), self.n_users, np.int64)
+        activity = self._activity() if activity is None else activity
+        return dataset.social.top_friends(self.n_users, activity, self.max_friends)
 
     def _activity(self) -> np.ndarray:
-        """``(n_users,)`` how active each user is: the latest event's time (``-1`` without
-        events), or the number of events without time. Friends are ranked by it."""
+        """``(n_users,)`` how active each user is (:func:`~mgrec.data.dataset.user_activity`). Friends are ranked by it."""
         counts = np.diff(self.indptr)
         if not self.has_time:
             return counts

@@ -80,10 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--url", help="download from this URL instead of the official one")
     fetch.add_argument("--sha256", help="expected sha256 of the archive")
     fetch.add_argument("--force", action="store_true", help="replace an existing folder")
-    split = dsub.add_parser("split", help="write a split (raw ids, TSV) for peer libraries")
+    split = dsub.add_parser("split", help="write a split (raw ids, TSV) for peer libraries, or shards for torchrun")
     split.add_argument("name")
     _add_data_options(split)
     split.add_argument("--out", required=True)
+    split.add_argument("--format", default="tsv", choices=["tsv", "shards"],
+                       help="tsv: raw ids, for peer libraries; shards: Parquet sorted by user, which each "
+                            "torchrun rank reads in part (mgrec train --shards DIR)")
 
     train = sub.add_parser("train", help="train a model and save its folder")
     train.add_argument("--dataset", help="dataset name; with --from-store, default 'store' (the events alone)")
@@ -102,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="epochs between checkpoints (default 1; the last epoch always gets one)")
     train.add_argument("--resume", action="store_true",
                        help="continue from the latest checkpoint in --checkpoint-dir (none yet: start at epoch 1)")
+    train.add_argument("--shards", metavar="DIR",
+                       help="train on a folder written by 'mgrec data split NAME --format shards' (instead of "
+                            "--dataset); under torchrun each rank reads only its users and their friends")
+    train.set_defaults(split=None)
 
     srv = sub.add_parser("serve", help="serve a model folder over HTTP (FastAPI)")
     srv.add_argument("--model-dir", required=True)
@@ -219,7 +226,12 @@ def cmd_data(args: argparse.Namespace) -> int:
 
         ds = preprocess(load_dataset(args.name, root=args.data_root, seed=args.seed), _preprocess_from_args(args))
         sp = make_split(ds, args.split, seed=args.seed)
-        sp.save(Path(args.out), ds)
+        if args.format == "shards":
+            from mgrec.data.shards import save_shards
+
+            save_shards(Path(args.out), ds, sp)
+        else:
+            sp.save(Path(args.out), ds)
         print(json.dumps(sp.summary()))
     return 0
 
@@ -231,8 +243,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mgrec.checkpoint import CheckpointPlan, checkpointing
     from mgrec.experiment import ExperimentConfig, run_experiment, save_run
 
-    if args.dataset is None and args.from_store is None:
+    manifest = None
+    if args.shards:
+        from mgrec.data.shards import read_manifest
+
+        given = [flag for flag, v in (("--dataset", args.dataset), ("--from-store", args.from_store),
+                                      ("--split", args.split), ("--kcore", args.kcore),
+                                      ("--min-rating", args.min_rating)) if v is not None]
+        if given:
+            raise ConfigError(f"--shards DIR holds the data, its preprocessing and its split; drop {', '.join(given)}")
+        manifest = read_manifest(Path(args.shards))
+        args.dataset, args.split = manifest["dataset"], manifest["protocol"]
+    elif args.dataset is None and args.from_store is None:
         raise ConfigError("--dataset is required (or --from-store URL to train on the stored events)")
+    args.split = args.split or "random"
     if args.resume and not args.checkpoint_dir:
         raise ConfigError("--resume needs --checkpoint-dir DIR (the folder the interrupted run wrote)")
     plan = None
@@ -248,9 +272,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                               "without --tune")
         cfg = ExperimentConfig(
             dataset=dataset, model=args.model, store=args.from_store, split=args.split, seed=args.seed,
-            model_config=args.config, preprocess=_preprocess_from_args(args), tune=args.tune,
+            model_config=args.config, preprocess=None if manifest else _preprocess_from_args(args), tune=args.tune,
             tune_budget=args.tune_budget, data_root=args.data_root,
-            progress=sys.stderr.isatty() and dctx.is_main,
+            progress=sys.stderr.isatty() and dctx.is_main, shards=args.shards,
         )
         with checkpointing(plan):
             run = run_experiment(cfg, evaluate_test=False)

@@ -195,6 +195,29 @@ class DistContext:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.cpu().tolist()
 
+    def reduce_array(self, values: np.ndarray, op: str = "sum") -> np.ndarray:
+        """Element-wise ``sum``, ``min`` or ``max`` of a numeric array over ranks (its dtype kept:
+        integers stay exact)."""
+        values = np.asarray(values)
+        if not self.enabled:
+            return values.copy()
+        ops = {"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}
+        t = torch.from_numpy(np.ascontiguousarray(values)).to(self.comm_device)
+        dist.all_reduce(t, op=ops[op])
+        return t.cpu().numpy()
+
+    def same_steps(self, steps: list[np.ndarray]) -> list[np.ndarray]:
+        """Sharded data: this rank's steps made as many as the busiest rank's, by running its
+        own steps again from the start (every rank must take part in each step's all-reduce)."""
+        most, fewest = (int(v) for v in self.reduce_array(np.array([len(steps), -len(steps)], np.int64), "max"))
+        fewest = -fewest
+        if fewest == 0 and most > 0:  # every rank raises: none is left waiting in a collective
+            raise ConfigError(f"a rank of {self.world_size} has no training step this epoch; use fewer processes")
+        n = most
+        if len(steps) == n:
+            return steps
+        return [steps[i % len(steps)] for i in range(n)]
+
     def mean(self, total: float, count: int) -> float:
         """``sum(total) / sum(count)`` over ranks: the mean loss of a sharded epoch."""
         if not self.enabled:

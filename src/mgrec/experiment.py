@@ -29,7 +29,7 @@ from mgrec.data.preprocess import PreprocessConfig, preprocess
 from mgrec.data.registry import load_dataset
 from mgrec.data.split import Split, make_split
 from mgrec.data.vocab import Vocabulary
-from mgrec.errors import DataError
+from mgrec.errors import ConfigError, DataError
 from mgrec.evaluation import DEFAULT_KS, evaluate_split
 from mgrec.io import atomic_dir, atomic_write_json
 from mgrec.models import make_model
@@ -76,6 +76,10 @@ class ExperimentConfig:
         store: an event store URL (``sqlite:///PATH``, ``postgresql://...``) whose events are
             added to the dataset's (``dataset="store"``: the events alone); see
             :mod:`mgrec.data.events`.
+        shards: a folder written by ``mgrec data split NAME --format shards``: the data and the
+            split come from it, already preprocessed (``dataset`` and ``split`` should name
+            what it holds). Under torchrun each rank reads its own users' part
+            (:mod:`mgrec.data.shards`) and rank 0 completes the model with the whole split.
     """
 
     dataset: str
@@ -90,6 +94,7 @@ class ExperimentConfig:
     data_root: str | None = None
     progress: bool = False
     store: str | None = None
+    shards: str | None = None
 
 
 def default_preprocess(dataset: str) -> PreprocessConfig:
@@ -106,6 +111,27 @@ def prepare(cfg: ExperimentConfig) -> tuple[Dataset, Split]:
     data = preprocess(raw, pre)
     split = make_split(data, cfg.split, seed=cfg.seed)
     data.meta["split_protocol"] = cfg.split  # sequence-aware models read how the split was cut
+    return data, split
+
+
+def _load_shard(cfg: ExperimentConfig, *, whole: bool) -> tuple[Dataset, Split]:
+    """This rank's part of ``cfg.shards`` (``whole``: all of it)."""
+    from mgrec.data.shards import load_shard
+    from mgrec.distributed import current
+
+    assert cfg.shards is not None
+    if cfg.store is not None or cfg.preprocess is not None:
+        raise ConfigError("shards: the folder holds preprocessed, split data; no store or preprocessing applies")
+    dctx = current()
+    max_friends = None
+    if cfg.model == "mgr":  # a rank loads the friends the model reads, no more
+        from mgrec.mgr_config import MGRConfig
+
+        max_friends = from_dict(MGRConfig, cfg.model_config, where="mgr config").max_friends
+    data, split = load_shard(Path(cfg.shards), *((0, 1) if whole else (dctx.rank, dctx.world_size)),
+                             max_friends=max_friends)
+    if cfg.tune and data.shard is not None:
+        raise ConfigError("shards: tuning runs in one process (--tune without torchrun)")
     return data, split
 
 
@@ -145,7 +171,7 @@ def run_experiment(cfg: ExperimentConfig, *, evaluate_test: bool = True) -> Trai
         ``eval_seconds`` (the test ranking). Tuning time is under ``tuning.seconds``.
     """
     t0 = time.perf_counter()
-    data, split = prepare(cfg)
+    data, split = _load_shard(cfg, whole=False) if cfg.shards else prepare(cfg)
     prep_seconds = time.perf_counter() - t0
     record: dict[str, Any] = {
         "dataset": cfg.dataset,
@@ -173,6 +199,15 @@ def run_experiment(cfg: ExperimentConfig, *, evaluate_test: bool = True) -> Trai
         model = make_model(cfg.model, model_config, seed=cfg.seed)
         t0 = time.perf_counter()
         model.fit(data, split.train, split.valid)
+        if data.shard is not None:  # rank 0 completes the model with the whole split
+            from mgrec.distributed import current
+
+            if not current().is_main:
+                record["train_seconds"] = round(time.perf_counter() - t0, 3)
+                return TrainedRun(model=model, dataset=data, split=split, record=record)
+            data, split = _load_shard(cfg, whole=True)
+            model.finish_shards(data, split.train, split.valid)  # type: ignore[attr-defined]
+            record["data"], record["split_summary"] = data.info(), split.summary()
         record["train_seconds"] = round(time.perf_counter() - t0, 3)
     record["model_config"] = model.config_dict()
     if callable(getattr(model, "fit_info", None)):  # what training chose (epochs, scales ...)

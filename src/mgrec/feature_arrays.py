@@ -13,6 +13,7 @@ standardised over the catalogue.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,8 @@ __all__ = ["MAX_TOKENS", "FeatureArrays", "ItemArrays", "build_item_arrays", "fe
 #: Bag tokens kept per entity (the heaviest ones).
 MAX_TOKENS = 64
 _DAY = 86400.0
+#: ``reduce(array, op)``: element-wise ``sum``, ``min`` or ``max`` of ``array`` over data-parallel ranks.
+Reduce = Callable[[np.ndarray, str], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -125,17 +128,30 @@ class ItemArrays:
                      for a in (f.cat, f.num, f.bag_idx, f.bag_w, self.time_feats))
 
 
-def item_time_raw(history: pd.DataFrame, n_items: int, *, with_time: bool) -> np.ndarray:
-    """Raw item time features: log popularity; with time, recent share and log age in days."""
+def item_time_raw(history: pd.DataFrame, n_items: int, *, with_time: bool,
+                  reduce: Reduce | None = None) -> np.ndarray:
+    """Raw item time features: log popularity; with time, recent share and log age in days.
+
+    ``reduce(array, op)`` (``op``: ``sum``, ``min``, ``max``) combines partial statistics when
+    ``history`` is one data-parallel rank's share of the events (each event in exactly one
+    share): the result is then what the whole history gives, on every rank.
+    """
+    def whole(values: np.ndarray, op: str) -> np.ndarray:
+        return values if reduce is None else reduce(values, op)
+
     items = history["item"].to_numpy(np.int64)
-    count = np.bincount(items, minlength=n_items).astype(np.float64)
+    count = whole(np.bincount(items, minlength=n_items).astype(np.int64), "sum").astype(np.float64)
     cols = [np.log1p(count)]
-    if with_time and "timestamp" in history.columns and len(history):
+    timed = with_time and "timestamp" in history.columns
+    if timed and count.sum() > 0:
         ts = history["timestamp"].to_numpy(np.int64)
-        t0, t1 = int(ts.min()), int(ts.max())
-        recent = np.bincount(items[ts >= t1 - 0.1 * (t1 - t0)], minlength=n_items)
+        big = np.iinfo(np.int64).max
+        t0 = int(whole(np.array([ts.min() if len(ts) else big]), "min")[0])
+        t1 = int(whole(np.array([ts.max() if len(ts) else -big]), "max")[0])
+        recent = whole(np.bincount(items[ts >= t1 - 0.1 * (t1 - t0)], minlength=n_items).astype(np.int64), "sum")
         first = np.full(n_items, t1, np.int64)
         np.minimum.at(first, items, ts)
+        first = whole(first, "min")
         cols += [recent / np.maximum(count, 1.0), np.log1p((t1 - first) / _DAY)]
     return np.stack(cols, axis=1)
 
@@ -147,6 +163,7 @@ def build_item_arrays(
     *,
     with_time: bool,
     max_tokens: int = MAX_TOKENS,
+    reduce: Reduce | None = None,
 ) -> ItemArrays:
     """Item-side arrays for the tower.
 
@@ -156,11 +173,12 @@ def build_item_arrays(
         n_items: catalogue size.
         with_time: add the time-based features (needs a ``timestamp`` column).
         max_tokens: bag tokens kept per item.
+        reduce: combines a data-parallel rank's partial statistics (:func:`item_time_raw`).
 
     Returns:
         The arrays, time features standardised over the catalogue.
     """
-    raw = item_time_raw(history, n_items, with_time=with_time)
+    raw = item_time_raw(history, n_items, with_time=with_time, reduce=reduce)
     mean, std = raw.mean(axis=0), raw.std(axis=0)
     std = np.where(std > 0, std, 1.0)
     z = ((raw - mean) / std).astype(np.float32)

@@ -32,11 +32,12 @@ import torch
 from mgrec.baselines import check_fitted, check_users
 from mgrec.batching import ContextBuilder
 from mgrec.config import from_dict, to_dict
-from mgrec.data.dataset import Dataset
+from mgrec.data.dataset import Dataset, to_csr, user_activity
 from mgrec.data.features import EncodedFeatures, FeatureEncoder, encode_features
+from mgrec.data.shards import UserShard
 from mgrec.encoders import set_generator
 from mgrec.errors import ConfigError
-from mgrec.feature_arrays import ItemArrays, build_item_arrays
+from mgrec.feature_arrays import ItemArrays, Reduce, build_item_arrays
 from mgrec.item_item import ItemItemPart
 from mgrec.losses import bpr_loss, dot_softmax_loss, sampled_softmax_loss
 from mgrec.mgr_build import build_net, net_spec
@@ -105,22 +106,40 @@ class MGR(PartsMixin, ServingMixin, Recommender):
         self.prior_: ProfilePrior | None = None
         self.social_items_: SocialItemsPart | None = None
         self.social_items_valid_: dict[str, float] = {}
+        self._shard: UserShard | None = None  # set while fitting on a data-parallel rank's shard
         self._init_serving()
         self._reset_vector_cache()
 
     # ------------------------------------------------------------------ training
     def _fit(self, dataset: Dataset, train: pd.DataFrame, valid: pd.DataFrame | None) -> None:
+        """Fit on ``train``. When ``dataset.shard`` is set (one data-parallel rank's view, from
+        :func:`mgrec.data.shards.load_shard`), ``train`` holds the rank's users' events and their
+        friends'; the rank trains on its own users' events, and statistics over every event
+        are combined across ranks. The post-training parts need the whole split: rank 0 fits
+        them afterwards in :meth:`finish_shards`."""
         cfg = self.config
         self._reset_vector_cache()
+        self._shard = shard = dataset.shard
+        reduce, own, whole = None, train, None
+        if shard is not None:
+            from mgrec.distributed import current
+
+            dctx = current()
+            if (dctx.rank, dctx.world_size) != (shard.rank, shard.world_size):
+                raise ConfigError(f"mgr: the data is shard {shard.rank} of {shard.world_size}, but this process is "
+                                  f"rank {dctx.rank} of {dctx.world_size}")
+            reduce, own = dctx.reduce_array, train[shard.owns(train["user"].to_numpy())]
+            whole = _whole_context(dataset, train, own, reduce)
         self.granularities_ = resolve_granularities(cfg, dataset)
         self.behavior_mode_ = resolve_behavior_mode(cfg, dataset, train, valid)
-        self.cold_dropout_ = resolve_cold_dropout(cfg, dataset.n_users, train)
+        self.cold_dropout_ = resolve_cold_dropout(cfg, dataset.n_users, own,
+                                                  n_trained=None if whole is None else int(whole["trained"].sum()))
         uf = _encode(dataset.user_features, cfg.feature_min_count) if "user" in self.granularities_ else None
         itf = _encode(dataset.item_features, cfg.feature_min_count) if "item" in self.granularities_ else None
         self.context_ = ContextBuilder(dataset, train, max_len=cfg.max_len, max_friends=cfg.max_friends,
-                                       friend_len=cfg.friend_len, user_features=uf)
+                                       friend_len=cfg.friend_len, user_features=uf, whole=whole)
         with_time = "time" in self.granularities_
-        self.items_ = build_item_arrays(itf, train, dataset.n_items, with_time=with_time)
+        self.items_ = build_item_arrays(itf, own, dataset.n_items, with_time=with_time, reduce=reduce)
         self.item_encoder_ = itf.encoder if itf is not None else None
         self.spec_ = net_spec(cfg, self.granularities_, self.behavior_mode_, self.context_, self.items_)
         self._set_ids(dataset.users.ids, dataset.items.ids)
@@ -130,12 +149,52 @@ class MGR(PartsMixin, ServingMixin, Recommender):
         self.social_items_, self.social_items_valid_, self.prior_ = None, {}, None
         with torch_threads(cfg.threads):
             self.net_ = build_net(self.spec_, self.context_, self.items_, seed=self.seed)
-            self._train(train, valid)
-            self._fit_item_item(valid)
-            self._fit_social_items(valid)
-            self._fit_prior()
+            self._train(own, valid)
+            if shard is None:
+                self._fit_post_training(valid)
         logger.info("mgr: granularities %s, %s mode, best epoch %d (valid ndcg@10 %.4f)",
                     self.granularities_, self.behavior_mode_, self.best_epoch_, self.best_valid_)
+
+    def _fit_post_training(self, valid: pd.DataFrame | None) -> None:
+        self._fit_item_item(valid)
+        self._fit_social_items(valid)
+        self._fit_prior()
+
+    def finish_shards(self, dataset: Dataset, train: pd.DataFrame, valid: pd.DataFrame | None) -> MGR:
+        """Complete a model fitted on shards, on rank 0, with the whole split (``dataset.shard``
+        ``None``): the context then holds every user's history, which scoring and serving read,
+        and the post-training parts are fitted on every validation user.
+
+        Raises:
+            RuntimeError: the whole split gives item statistics or a time span other than the
+                ones the ranks combined (the shards and the split disagree).
+        """
+        check_fitted(self, "net_")
+        if self._shard is None:
+            raise ConfigError("finish_shards: this model was not fitted on shards")
+        if dataset.shard is not None:
+            raise ConfigError("finish_shards needs the whole split (load_shard with world_size 1)")
+        cfg, spec = self.config, self.spec_
+        self.n_users_, self.n_items_ = dataset.n_users, dataset.n_items
+        self.seen_ = to_csr(train, dataset.n_users, dataset.n_items)
+        self._pop_cache = None
+        uf = _encode(dataset.user_features, cfg.feature_min_count) if "user" in self.granularities_ else None
+        itf = _encode(dataset.item_features, cfg.feature_min_count) if "item" in self.granularities_ else None
+        ctx = ContextBuilder(dataset, train, max_len=cfg.max_len, max_friends=cfg.max_friends,
+                             friend_len=cfg.friend_len, user_features=uf)
+        items = build_item_arrays(itf, train, dataset.n_items, with_time="time" in self.granularities_)
+        assert self.items_ is not None
+        same = np.allclose(items.time_feats, self.items_.time_feats, rtol=1e-5, atol=1e-5) and all(
+            (math.isnan(a) and math.isnan(b)) or a == b
+            for a, b in ((ctx.t_min, spec["t_min"]), (ctx.t_max, spec["t_max"])))
+        if not same:
+            raise RuntimeError("finish_shards: the whole split's item statistics or time span differ from the "
+                               "ones the ranks combined")
+        self.context_, self._shard = ctx, None
+        self._reset_vector_cache()
+        with torch_threads(cfg.threads):
+            self._fit_post_training(valid)
+        return self
 
     def _train(self, train: pd.DataFrame, valid: pd.DataFrame | None) -> None:
         """Train ``net_`` with early stopping, on :func:`mgrec.distributed.current`'s device.
@@ -159,9 +218,19 @@ class MGR(PartsMixin, ServingMixin, Recommender):
         order = torch.Generator().manual_seed(self.seed + 1 + 0x5EED) if dctx.enabled else gen
         set_generator(net, gen)
         examples = ctx.examples()
-        counts = np.bincount(train["item"].to_numpy(np.int64), minlength=ctx.n_items) + 1.0
+        counts = np.bincount(train["item"].to_numpy(np.int64), minlength=ctx.n_items)
+        n_examples = len(examples[0])
+        if self._shard is not None:  # own users' events only; popularity over every rank's
+            order = gen  # each rank orders its own examples (its noise stream, saved per rank)
+            own = self._shard.owns(examples[0])
+            examples = tuple(a[own] for a in examples)
+            counts = dctx.reduce_array(counts, "sum")
+            n_examples = int(dctx.reduce_array(np.array([len(examples[0])], np.int64), "min")[0])
+            if n_examples == 0 and counts.sum() > 0:
+                raise ConfigError(f"mgr: a rank of {dctx.world_size} has no training events; use fewer processes")
+        counts = counts + 1.0
         log_q = torch.from_numpy(np.log(counts / counts.sum()).astype(np.float32))
-        if len(examples[0]) == 0:
+        if n_examples == 0:
             logger.warning("mgr: no training interactions; the model keeps its initial weights")
             return
         net.to(device)
@@ -177,14 +246,14 @@ class MGR(PartsMixin, ServingMixin, Recommender):
         if plan is not None:  # what a checkpoint must match to be resumed
             run = fingerprint(model=self.name, seed=self.seed, world_size=dctx.world_size, device=device.type,
                               config={k: v for k, v in to_dict(cfg).items() if k not in ("progress", "threads")},
-                              spec=self.spec_, data=data_checksum(*examples, counts))
+                              spec=self.spec_, data=self._data_checksum(data_checksum(*examples, counts)))
         shared = None if order is gen else order  # a separate epoch-order stream (several ranks)
         state = None if plan is None else resume_training(plan, dctx, net=net, optimizer=opt, noise=gen,
                                                           order=shared, run=run)
         hist = fit_epochs(
             dctx.in_device_scope(lambda epoch: self._epoch(examples, opt, gen, log_q, order)),
             stopping=stopping,
-            validate=dctx.scored_on_main(validation_scorer(self, valid, metric="ndcg@10"), net),
+            validate=self._validation(valid, net),
             snapshot=lambda: {k: v.detach().clone() for k, v in net.state_dict().items()},
             restore=net.load_state_dict,
             name="mgr",
@@ -197,6 +266,39 @@ class MGR(PartsMixin, ServingMixin, Recommender):
         net.to("cpu")
         net.eval()
         self.history_, self.best_epoch_, self.best_valid_ = hist.epochs, hist.best_epoch, hist.best_valid
+
+    def _data_checksum(self, local: str) -> str:
+        """``local``, or on shards the checksum of every rank's, in rank order (the same on all)."""
+        if self._shard is None:
+            return local
+        from mgrec.checkpoint import data_checksum
+        from mgrec.distributed import current
+
+        parts = current().gather_bytes(torch.frombuffer(bytearray(local.encode()), dtype=torch.uint8))
+        return data_checksum(*(p.numpy() for p in parts))
+
+    def _validation(self, valid: pd.DataFrame | None, net: torch.nn.Module) -> Any:
+        """The early-stopping score: rank 0 ranks every validation user, or on shards each rank
+        ranks its own and the per-user sums are added up."""
+        from mgrec.distributed import current
+
+        dctx = current()
+        if self._shard is None:
+            return dctx.scored_on_main(validation_scorer(self, valid, metric="ndcg@10"), net)
+        n_valid = 0 if valid is None else len(valid)
+        if int(dctx.reduce_array(np.array([n_valid], np.int64), "sum")[0]) == 0:
+            return None
+        local = validation_scorer(self, valid, metric="ndcg@10", totals=True)
+
+        def shared() -> float:
+            total, count = (0.0, 0.0)
+            if local is not None:
+                with dctx.on_cpu(net):
+                    total, count = local()
+            s, n = dctx.sum([total, count])
+            return s / max(n, 1.0)
+
+        return shared
 
     def _epoch(self, examples: tuple[np.ndarray, ...], opt: torch.optim.Optimizer,
                gen: torch.Generator, log_q: torch.Tensor, order: torch.Generator | None = None) -> float:
@@ -211,13 +313,17 @@ class MGR(PartsMixin, ServingMixin, Recommender):
         users, pos, items, times = examples
         net.train()
         order = gen if order is None else order
-        perm = dctx.shard(torch.randperm(len(users), generator=order, device=order.device).cpu().numpy())
+        perm = torch.randperm(len(users), generator=order, device=order.device).cpu().numpy()
+        if self._shard is None:
+            perm = dctx.shard(perm)
         params = [p for group in opt.param_groups for p in group["params"]]
         size = dctx.local_batch(cfg.batch_size)  # batch_size is the global batch
         sequence = self.behavior_mode_ == "sequence"
         total = 0.0
-        for start in range(0, len(perm), size):
-            idx = perm[start:start + size]
+        steps = [perm[start:start + size] for start in range(0, len(perm), size)]
+        if self._shard is not None:  # own examples; as many steps as the busiest rank
+            steps = dctx.same_steps(steps)
+        for idx in steps:
             # set mode: the request time is the serving one (the user's last training event
             # + 1 s), not the target's own time, which would leak the target into the time
             # granularity (and friends' windows) and never be available when scoring
@@ -230,7 +336,7 @@ class MGR(PartsMixin, ServingMixin, Recommender):
             dctx.average_gradients(params)
             opt.step()
             total += float(loss.detach()) * len(idx)
-        return dctx.mean(total, len(perm))
+        return dctx.mean(total, sum(len(idx) for idx in steps))
 
     def _epoch_windows(self, opt: torch.optim.Optimizer, gen: torch.Generator, log_q: torch.Tensor,
                        order: torch.Generator | None = None) -> float:
@@ -245,6 +351,9 @@ class MGR(PartsMixin, ServingMixin, Recommender):
         assert net is not None and ctx is not None
         stride = cfg.window_stride or max(1, ctx.max_len // 2)
         users, first, end = ctx.windows(stride)
+        if self._shard is not None:  # the blocks of the rank's own users
+            own = self._shard.owns(users)
+            users, first, end = users[own], first[own], end[own]
         net.train()
         order = gen if order is None else order
         perm = torch.randperm(len(users), generator=order, device=order.device).cpu().numpy()
@@ -253,8 +362,11 @@ class MGR(PartsMixin, ServingMixin, Recommender):
         total, seen = 0.0, 0
         # steps of batch_size targets (blocks hold up to max_len); each rank takes its share
         # of every step's blocks, so all ranks run the same number of steps
-        for step in pack_steps(perm, end - first, cfg.batch_size):
-            w = dctx.shard(step)
+        if self._shard is None:
+            steps = [dctx.shard(step) for step in pack_steps(perm, end - first, cfg.batch_size)]
+        else:  # own blocks in steps of the local batch; as many steps as the busiest rank
+            steps = dctx.same_steps(pack_steps(perm, end - first, dctx.local_batch(cfg.batch_size)))
+        for w in steps:
             u, a, c = users[w], first[w], end[w]
             n_t = c - a
             row = np.repeat(np.arange(len(w)), n_t)
@@ -472,3 +584,18 @@ class MGR(PartsMixin, ServingMixin, Recommender):
 
 def _encode(table: Any, min_count: int = 1) -> EncodedFeatures | None:
     return encode_features(table, min_count=min_count) if table is not None and table.names else None
+
+
+def _whole_context(dataset: Dataset, train: pd.DataFrame, own: pd.DataFrame, reduce: Reduce) -> dict[str, Any]:
+    """What :class:`ContextBuilder` needs from every rank's events (its ``whole``): the users
+    with training events, each user's activity and the time span. ``train`` is the rank's
+    events (own and friends'), ``own`` its own users' share of them."""
+    n = dataset.n_users
+    has_time = dataset.has_time and "timestamp" in train.columns
+    counts = reduce(np.bincount(own["user"].to_numpy(np.int64), minlength=n).astype(np.int64), "sum")
+    activity = reduce(user_activity(train, n, has_time=has_time), "max")
+    ts = train["timestamp"].to_numpy(np.float64) if has_time and len(train) else np.zeros(0)
+    lo = float(reduce(np.array([ts.min() if len(ts) else np.inf]), "min")[0])
+    hi = float(reduce(np.array([ts.max() if len(ts) else -np.inf]), "max")[0])
+    t_range = (lo, hi) if has_time and math.isfinite(lo) else (math.nan, math.nan)
+    return {"trained": counts > 0, "activity": activity, "t_range": t_range}

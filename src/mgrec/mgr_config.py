@@ -256,14 +256,18 @@ def resolve_behavior_mode(cfg: MGRConfig, dataset: Dataset, train: pd.DataFrame,
     return mode
 
 
-def resolve_cold_dropout(cfg: MGRConfig, n_users: int, train: pd.DataFrame) -> float:
+def resolve_cold_dropout(cfg: MGRConfig, n_users: int, train: pd.DataFrame, *,
+                         n_trained: int | None = None) -> float:
     """``cfg.cold_dropout``, with ``auto`` resolved to the share of the ``n_users`` users who
-    have no event in ``train`` (at most :data:`MAX_AUTO_COLD_DROPOUT`)."""
+    have no event in ``train`` (at most :data:`MAX_AUTO_COLD_DROPOUT`); ``n_trained``: the
+    number of users with events, when ``train`` is only a part of the training events."""
     if cfg.cold_dropout != "auto":
         return float(cfg.cold_dropout)
     if n_users == 0:
         return 0.0
-    share = 1.0 - len(np.unique(train["user"].to_numpy())) / n_users
+    if n_trained is None:
+        n_trained = len(np.unique(train["user"].to_numpy()))
+    share = 1.0 - n_trained / n_users
     return float(min(MAX_AUTO_COLD_DROPOUT, max(share, 0.0)))
 
 

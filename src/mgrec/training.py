@@ -201,14 +201,16 @@ def pack_steps(order: np.ndarray, sizes: np.ndarray, batch_size: int) -> list[np
 
 
 def validation_scorer(
-    model: Any, valid: pd.DataFrame | None, *, metric: str = "ndcg@10"
-) -> Callable[[], float] | None:
+    model: Any, valid: pd.DataFrame | None, *, metric: str = "ndcg@10", totals: bool = False
+) -> Callable[[], Any] | None:
     """A callable that scores ``model`` on ``valid`` by full ranking (``None`` if no data).
 
     Args:
         model: a :class:`~mgrec.recommender.Recommender` whose ``fit`` has set its sizes.
         valid: the validation interactions.
         metric: ``name@k``.
+        totals: return ``(sum over users, number of users)`` instead of the mean, for adding
+            up the parts of a split that several processes hold.
     """
     if valid is None or len(valid) == 0:
         return None
@@ -217,8 +219,10 @@ def validation_scorer(
     name, _, k = metric.partition("@")
     truth = to_csr(valid, model.n_users_, model.n_items_)
 
-    def score() -> float:
-        return float(evaluate(model, truth, ks=(int(k),), metrics=(name,))[metric])
+    def score() -> Any:
+        result = evaluate(model, truth, ks=(int(k),), metrics=(name,))
+        value = float(result[metric])
+        return (value * result["n_users"], float(result["n_users"])) if totals else value
 
     return score
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -26,8 +26,12 @@ import scipy.sparse as sp
 
 from mgrec.data.vocab import Vocabulary
 
+if TYPE_CHECKING:
+    from mgrec.data.shards import UserShard
+
 __all__ = [
     "FEATURE_KINDS",
+    "user_activity",
     "FeatureTable",
     "SocialGraph",
     "Dataset",
@@ -109,6 +113,25 @@ class SocialGraph:
     def __len__(self) -> int:
         return len(self.src)
 
+    def top_friends(self, n_users: int, activity: np.ndarray, k: int) -> np.ndarray:
+        """``(n_users, k)`` each user's ``k`` strongest friends, links read in both directions,
+        padded with ``n_users``: heavier links first, then the more active friend (higher
+        ``activity``, see :func:`user_activity`), then the lower code. Self-links are dropped."""
+        out = np.full((n_users, k), n_users, np.int64)
+        src, dst = np.concatenate([self.src, self.dst]), np.concatenate([self.dst, self.src])
+        w = np.concatenate([self.weight, self.weight]).astype(np.float64)
+        keep = src != dst
+        src, dst, w = src[keep], dst[keep], w[keep]
+        order = np.lexsort((dst, -activity[dst], -w, src))
+        src, dst = src[order], dst[order]
+        first = np.r_[True, (np.diff(src) != 0) | (np.diff(dst) != 0)]  # drop duplicate pairs
+        src, dst = src[first], dst[first]
+        per = np.bincount(src, minlength=n_users)
+        rank = np.arange(len(src)) - np.repeat(np.cumsum(per) - per, per)
+        ok = rank < k
+        out[src[ok], rank[ok]] = dst[ok]
+        return out
+
     def undirected_pairs(self) -> np.ndarray:
         """Distinct unordered pairs ``(a, b)`` with ``a < b``; self-links dropped. Shape ``(P, 2)``."""
         a = np.minimum(self.src, self.dst)
@@ -155,6 +178,8 @@ class Dataset:
         item_features: item side features or ``None``.
         social: user-user links or ``None``.
         meta: free-form provenance (``weight_kind``, source files, notes).
+        shard: the users this process trains on when the data is one data-parallel rank's
+            view (:func:`mgrec.data.shards.load_shard`); ``None`` for the whole data.
     """
 
     name: str
@@ -165,6 +190,7 @@ class Dataset:
     item_features: FeatureTable | None = None
     social: SocialGraph | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    shard: UserShard | None = None
 
     def __post_init__(self) -> None:
         cols = set(self.interactions.columns)
@@ -296,3 +322,14 @@ def to_csr(
         m.data[:] = 1.0
     m.sort_indices()
     return m
+
+
+def user_activity(history: pd.DataFrame, n_users: int, *, has_time: bool) -> np.ndarray:
+    """``(n_users,)`` int64: each user's latest event time in ``history`` (``-1`` without events),
+    or, without time, the number of events. Friends are ranked by it (:meth:`SocialGraph.top_friends`)."""
+    users = history["user"].to_numpy(np.int64)
+    if not has_time:
+        return np.bincount(users, minlength=n_users).astype(np.int64)
+    out = np.full(n_users, -1, np.int64)
+    np.maximum.at(out, users, history["timestamp"].to_numpy(np.int64))
+    return out

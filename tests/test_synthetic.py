@@ -317,6 +317,25 @@ def test_behaviour_order_matters(gen):
     assert successor_item_rate(ablated) < 0.01
 
 
+def test_successor_head_puts_successions_on_the_initial_catalogue(gen):
+    base = gen(new_item_frac=0.6)
+    truth = base.meta["ground_truth"]
+    succ, release = np.asarray(truth["successor_item"]), np.asarray(truth["item_release"])
+    cluster, succ_cluster = np.asarray(truth["item_cluster"]), np.asarray(truth["successor_cluster"])
+    initial = release == release.min()
+    assert 0.3 < initial[succ].mean() < 0.5  # by default a successor is any item of its cluster
+    head = gen(new_item_frac=0.6, successor_head=1.0).meta["ground_truth"]
+    succ_h = np.asarray(head["successor_item"])
+    assert initial[succ_h].all()  # every cluster here has initial items
+    np.testing.assert_array_equal(cluster[succ_h], succ_cluster[cluster])  # still the successor cluster
+    # the items, their releases and the rest of the world are unchanged
+    assert head["item_release"] == truth["item_release"] and head["item_cluster"] == truth["item_cluster"]
+    half = np.asarray(gen(new_item_frac=0.6, successor_head=0.5).meta["ground_truth"]["successor_item"])
+    assert 0.6 < initial[half].mean() < 0.8  # about 0.5 + 0.5 * 0.4
+    with pytest.raises(ConfigError, match="successor_head"):
+        SyntheticConfig(successor_head=1.5)
+
+
 def test_social_friends_share_items(gen):
     ds = gen()
     assert friend_jaccard_ratio(ds) > 1.4

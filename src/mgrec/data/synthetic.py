@@ -60,7 +60,10 @@ class SyntheticConfig:
     more), so that many users have short histories. With the default weights about 15% of the
     events are the previous item's successor item and 23% fall in its successor cluster. Cluster
     ``c`` has genre ``c % n_genres``, ``tags_per_cluster`` tags and three title words; an item's tag
-    is its cluster's with probability ``tag_purity``. Boosted: each friend's last ``social_recent``
+    is its cluster's with probability ``tag_purity``. An item's successor item is a random item of
+    its successor cluster; with probability ``successor_head``, one of the items released at the
+    start (so that successions live on the older, denser part of the catalogue while the items
+    released later are known by their content). Boosted: each friend's last ``social_recent``
     items within ``social_window_days``. ``start``: unix seconds (UTC); users join in the first 70%
     of the span. Events come in sessions of ``session_events`` on average (1 = every event on
     its own), starting at an hour drawn from the daily profile, ``session_gap_minutes`` apart
@@ -102,6 +105,7 @@ class SyntheticConfig:
     w_seq_cluster: float = 1.5
     w_seq_item: float = 5.0
     w_social: float = 2.5
+    successor_head: float = 0.0
     session_events: float = 4.0
     session_gap_minutes: float = 5.0
     window_hours: float = 24.0
@@ -124,8 +128,8 @@ class SyntheticConfig:
             (self.min_events <= self.max_events and min(self.mean_events, self.window_hours) > 0,
              "need min_events <= max_events, mean_events > 0 and window_hours > 0"),
             (self.session_events >= 1, "session_events must be >= 1"),
-            (max(self.homophily, self.tag_purity, self.profile_share, self.social_mix) <= 1,
-             "homophily, tag_purity, profile_share and social_mix must be <= 1"),
+            (max(self.homophily, self.tag_purity, self.profile_share, self.social_mix, self.successor_head) <= 1,
+             "homophily, tag_purity, profile_share, social_mix and successor_head must be <= 1"),
             (self.n_items - int(self.new_item_frac * self.n_items) > self.min_events,
              "too few items released at the start (n_items, new_item_frac) for min_events"),
         ]:
@@ -244,6 +248,22 @@ def _words(rng: np.random.Generator, n: int) -> list[str]:
     return list(out)
 
 
+def _head_successors(succ_item: np.ndarray, u_pick: np.ndarray, chosen: np.ndarray, cluster: np.ndarray,
+                     target: np.ndarray, initial: np.ndarray) -> np.ndarray:
+    """``succ_item`` with the ``chosen`` items' successors drawn again (by ``u_pick``) among the
+    items of their successor cluster (``target``) that are ``initial`` (released at the
+    start); a cluster without such items keeps the first draw."""
+    n_c = int(cluster.max()) + 1 if len(cluster) else 0
+    pool = np.flatnonzero(initial)
+    pool = pool[np.argsort(cluster[pool], kind="stable")]
+    sizes = np.bincount(cluster[pool], minlength=n_c)
+    first = np.searchsorted(cluster[pool], np.arange(n_c))
+    redraw = chosen & (sizes[target] > 0)
+    out = succ_item.copy()
+    out[redraw] = pool[first[target[redraw]] + (u_pick[redraw] * sizes[target[redraw]]).astype(np.int64)]
+    return out
+
+
 def _make_items(cfg: SyntheticConfig, rng: np.random.Generator) -> _Items:
     """Content clusters, item features and latents, popularity, successors and releases."""
     n, n_c, d, per = cfg.n_items, cfg.n_clusters, cfg.dim, cfg.tags_per_cluster
@@ -269,12 +289,15 @@ def _make_items(cfg: SyntheticConfig, rng: np.random.Generator) -> _Items:
     by_cluster = np.argsort(cluster, kind="stable")
     starts = np.searchsorted(cluster[by_cluster], np.arange(n_c))
     target = succ_cluster[cluster]
-    pick = (rng.random(n) * np.bincount(cluster, minlength=n_c)[target]).astype(np.int64)
-    succ_item = by_cluster[starts[target] + pick]
+    u_pick = rng.random(n)
+    succ_item = by_cluster[starts[target] + (u_pick * np.bincount(cluster, minlength=n_c)[target]).astype(np.int64)]
     n_new = int(cfg.new_item_frac * n)
     release = np.full(n, cfg.start, np.int64)
     late = cfg.start + (rng.uniform(0.1, 0.9, n_new) * cfg.span_days * DAY).astype(np.int64)
     release[rng.choice(n, n_new, replace=False)] = late
+    if cfg.successor_head > 0:  # a coin per item only for shares below 1: other worlds stay as they were
+        chosen = rng.random(n) < cfg.successor_head if cfg.successor_head < 1 else np.ones(n, dtype=bool)
+        succ_item = _head_successors(succ_item, u_pick, chosen, cluster, target, release == cfg.start)
     frame = pd.DataFrame({"genre": _labels(GENRES, cfg.n_genres, "genre")[cluster % cfg.n_genres],
                           "tags": pd.Series([tuple(tag_words[r]) for r in tags], dtype=object),
                           "title": pd.Series(titles, dtype=object),

@@ -8,6 +8,7 @@ The real two-process run is in ``test_distributed.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 
 from mgrec.batching import ContextBuilder
 from mgrec.cli import main
-from mgrec.data.dataset import user_activity
+from mgrec.data.dataset import FeatureTable, user_activity
 from mgrec.data.scale import write_parquet_folder
 from mgrec.data.shards import UserShard, load_shard, read_manifest, save_shards, user_ranges
 from mgrec.data.split import make_split
@@ -102,6 +103,19 @@ def test_whole_folder_reads_back_the_split(world, folder):
     np.testing.assert_array_equal(data.social.dst, ds.social.dst)
     assert data.social.directed == ds.social.directed
     assert read_manifest(folder)["counts"] == {p: len(f) for p, f in sp.parts().items()}
+    assert "ground_truth" not in read_manifest(folder)["meta"]  # provenance only
+
+
+def test_missing_feature_cells_stay_missing(world, tmp_path):
+    ds, sp = world
+    frame = ds.user_features.frame.copy()
+    frame.loc[0, "occupation"] = None
+    frame.loc[1, "occupation"] = float("nan")  # some readers leave NaN for an empty cell
+    frame.loc[2, "age"] = float("nan")
+    data = dataclasses.replace(ds, user_features=FeatureTable(frame, ds.user_features.kinds))
+    back = load_shard(save_shards(tmp_path / "s", data, sp))[0].user_features.frame
+    assert back.loc[0, "occupation"] is None and back.loc[1, "occupation"] is None
+    assert np.isnan(back.loc[2, "age"]) and back.loc[3, "occupation"] == frame.loc[3, "occupation"]
 
 
 def test_user_ranges_balance_training_events():

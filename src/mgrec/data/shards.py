@@ -106,7 +106,7 @@ def save_shards(path: Path, dataset: Dataset, split: Split) -> Path:
                     elif kind == "numeric":
                         cols[name] = pa.array(values.to_numpy(np.float64))
                     else:
-                        cols[name] = pa.array([None if v is None else str(v) for v in values], pa.string())
+                        cols[name] = pa.array([None if _missing(v) else str(v) for v in values], pa.string())
             pq.write_table(pa.table(cols), tmp / f"{part}.parquet")
         if dataset.social is not None:
             g = dataset.social
@@ -124,7 +124,8 @@ def save_shards(path: Path, dataset: Dataset, split: Split) -> Path:
         has_time = dataset.has_time and "timestamp" in split.train.columns
         np.save(tmp / "activity.npy", user_activity(split.train, dataset.n_users, has_time=has_time),
                 allow_pickle=False)
-        meta = {k: v for k, v in dataset.meta.items() if _json_safe(v)}
+        # provenance only: a generator's ground truth (large) stays with the generator
+        meta = {k: v for k, v in dataset.meta.items() if k != "ground_truth" and _json_safe(v)}
         atomic_write_json(tmp / _MANIFEST, {
             "format_version": SHARDS_FORMAT_VERSION, "dataset": dataset.name, "protocol": split.protocol,
             "seed": int(split.seed), "ratios": list(split.ratios), "n_users": dataset.n_users,
@@ -136,6 +137,10 @@ def save_shards(path: Path, dataset: Dataset, split: Split) -> Path:
         })
     logger.info("wrote the %s split of %s as shards to %s", split.protocol, dataset.name, path)
     return path
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value))
 
 
 def _json_safe(value: Any) -> bool:
@@ -270,9 +275,9 @@ def _features(frame: pd.DataFrame, kinds: dict[str, str] | None) -> FeatureTable
     for name, kind in kinds.items():
         col = frame[name]
         if kind == "multi":
-            data[name] = pd.Series([tuple(v) if v is not None else () for v in col], dtype=object)
+            data[name] = pd.Series([() if v is None or _missing(v) else tuple(v) for v in col], dtype=object)
         elif kind == "numeric":
             data[name] = col.to_numpy(np.float64)
         else:
-            data[name] = pd.Series([None if v is None else str(v) for v in col], dtype=object)
+            data[name] = pd.Series([None if _missing(v) else str(v) for v in col], dtype=object)
     return FeatureTable(pd.DataFrame(data, index=pd.RangeIndex(len(frame))), kinds)

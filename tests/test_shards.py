@@ -26,7 +26,8 @@ from mgrec.data.split import make_split
 from mgrec.data.synthetic import SyntheticConfig, make_synthetic
 from mgrec.errors import ConfigError, DataError
 from mgrec.feature_arrays import item_time_raw
-from mgrec.mgr import MGR, _whole_context
+from mgrec.mgr import MGR
+from mgrec.mgr_shards import whole_context
 
 SMALL = {"dim": 8, "max_len": 6, "max_friends": 4, "friend_len": 3, "batch_size": 128, "epochs": 2,
          "threads": 1}
@@ -174,7 +175,7 @@ def test_the_ranks_combine_the_whole_datas_statistics(world, folder):
     def rank(r: int, reduce):
         data, split = load_shard(folder, r, 2, max_friends=4)
         own = split.train[data.shard.owns(split.train["user"].to_numpy())]
-        whole = _whole_context(data, split.train, own, reduce)
+        whole = whole_context(data, split.train, own, reduce)
         ctx = ContextBuilder(data, split.train, max_len=6, max_friends=4, friend_len=3, whole=whole)
         return data.shard, ctx, item_time_raw(own, ds.n_items, with_time=True, reduce=reduce)
 
@@ -211,6 +212,8 @@ def test_finish_shards_refuses_a_model_fitted_on_the_whole_data(world):
     model = MGR(SMALL, seed=0).fit(ds, sp.train, sp.valid)
     with pytest.raises(ConfigError, match="not fitted on shards"):
         model.finish_shards(ds, sp.train, sp.valid)
+    with pytest.raises(ConfigError, match="mgr"):  # never fitted at all
+        MGR(SMALL, seed=0).finish_shards(ds, sp.train, sp.valid)
 
 
 def test_a_shard_must_match_the_process_rank(folder, world):

@@ -32,12 +32,12 @@ import torch
 from mgrec.baselines import check_fitted, check_users
 from mgrec.batching import ContextBuilder
 from mgrec.config import from_dict, to_dict
-from mgrec.data.dataset import Dataset, to_csr, user_activity
+from mgrec.data.dataset import Dataset
 from mgrec.data.features import EncodedFeatures, FeatureEncoder, encode_features
 from mgrec.data.shards import UserShard
 from mgrec.encoders import set_generator
 from mgrec.errors import ConfigError
-from mgrec.feature_arrays import ItemArrays, Reduce, build_item_arrays
+from mgrec.feature_arrays import ItemArrays, build_item_arrays
 from mgrec.item_item import ItemItemPart
 from mgrec.losses import bpr_loss, dot_softmax_loss, sampled_softmax_loss
 from mgrec.mgr_build import build_net, net_spec
@@ -50,11 +50,12 @@ from mgrec.mgr_config import (
 )
 from mgrec.mgr_parts import PartsMixin
 from mgrec.mgr_serving import ServingMixin
+from mgrec.mgr_shards import ShardsMixin, whole_context
 from mgrec.optim import make_optimizer, sparse_parameters
 from mgrec.profile_prior import ProfilePrior
 from mgrec.recommender import Recommender
 from mgrec.social_items import SocialItemsPart
-from mgrec.training import EarlyStopping, fit_epochs, pack_steps, torch_threads, validation_scorer
+from mgrec.training import EarlyStopping, fit_epochs, pack_steps, torch_threads
 
 __all__ = ["MGR", "MGRConfig"]
 
@@ -65,7 +66,7 @@ _STATE_VERSION = 1
 SCORE_CHUNK = 1024
 
 
-class MGR(PartsMixin, ServingMixin, Recommender):
+class MGR(PartsMixin, ShardsMixin, ServingMixin, Recommender):
     """The fused multi-granularity recommender.
 
     Args:
@@ -129,13 +130,12 @@ class MGR(PartsMixin, ServingMixin, Recommender):
                 raise ConfigError(f"mgr: the data is shard {shard.rank} of {shard.world_size}, but this process is "
                                   f"rank {dctx.rank} of {dctx.world_size}")
             reduce, own = dctx.reduce_array, train[shard.owns(train["user"].to_numpy())]
-            whole = _whole_context(dataset, train, own, reduce)
+            whole = whole_context(dataset, train, own, reduce)
         self.granularities_ = resolve_granularities(cfg, dataset)
         self.behavior_mode_ = resolve_behavior_mode(cfg, dataset, train, valid)
         self.cold_dropout_ = resolve_cold_dropout(cfg, dataset.n_users, own,
                                                   n_trained=None if whole is None else int(whole["trained"].sum()))
-        uf = _encode(dataset.user_features, cfg.feature_min_count) if "user" in self.granularities_ else None
-        itf = _encode(dataset.item_features, cfg.feature_min_count) if "item" in self.granularities_ else None
+        uf, itf = self._encoded_features(dataset)
         self.context_ = ContextBuilder(dataset, train, max_len=cfg.max_len, max_friends=cfg.max_friends,
                                        friend_len=cfg.friend_len, user_features=uf, whole=whole)
         with_time = "time" in self.granularities_
@@ -155,46 +155,17 @@ class MGR(PartsMixin, ServingMixin, Recommender):
         logger.info("mgr: granularities %s, %s mode, best epoch %d (valid ndcg@10 %.4f)",
                     self.granularities_, self.behavior_mode_, self.best_epoch_, self.best_valid_)
 
+    def _encoded_features(self, dataset: Dataset) -> tuple[EncodedFeatures | None, EncodedFeatures | None]:
+        """The user and item features the fitted granularities read, encoded."""
+        cfg = self.config
+        uf = _encode(dataset.user_features, cfg.feature_min_count) if "user" in self.granularities_ else None
+        itf = _encode(dataset.item_features, cfg.feature_min_count) if "item" in self.granularities_ else None
+        return uf, itf
+
     def _fit_post_training(self, valid: pd.DataFrame | None) -> None:
         self._fit_item_item(valid)
         self._fit_social_items(valid)
         self._fit_prior()
-
-    def finish_shards(self, dataset: Dataset, train: pd.DataFrame, valid: pd.DataFrame | None) -> MGR:
-        """Complete a model fitted on shards, on rank 0, with the whole split (``dataset.shard``
-        ``None``): the context then holds every user's history, which scoring and serving read,
-        and the post-training parts are fitted on every validation user.
-
-        Raises:
-            RuntimeError: the whole split gives item statistics or a time span other than the
-                ones the ranks combined (the shards and the split disagree).
-        """
-        check_fitted(self, "net_")
-        if self._shard is None:
-            raise ConfigError("finish_shards: this model was not fitted on shards")
-        if dataset.shard is not None:
-            raise ConfigError("finish_shards needs the whole split (load_shard with world_size 1)")
-        cfg, spec = self.config, self.spec_
-        self.n_users_, self.n_items_ = dataset.n_users, dataset.n_items
-        self.seen_ = to_csr(train, dataset.n_users, dataset.n_items)
-        self._pop_cache = None
-        uf = _encode(dataset.user_features, cfg.feature_min_count) if "user" in self.granularities_ else None
-        itf = _encode(dataset.item_features, cfg.feature_min_count) if "item" in self.granularities_ else None
-        ctx = ContextBuilder(dataset, train, max_len=cfg.max_len, max_friends=cfg.max_friends,
-                             friend_len=cfg.friend_len, user_features=uf)
-        items = build_item_arrays(itf, train, dataset.n_items, with_time="time" in self.granularities_)
-        assert self.items_ is not None
-        same = np.allclose(items.time_feats, self.items_.time_feats, rtol=1e-5, atol=1e-5) and all(
-            (math.isnan(a) and math.isnan(b)) or a == b
-            for a, b in ((ctx.t_min, spec["t_min"]), (ctx.t_max, spec["t_max"])))
-        if not same:
-            raise RuntimeError("finish_shards: the whole split's item statistics or time span differ from the "
-                               "ones the ranks combined")
-        self.context_, self._shard = ctx, None
-        self._reset_vector_cache()
-        with torch_threads(cfg.threads):
-            self._fit_post_training(valid)
-        return self
 
     def _train(self, train: pd.DataFrame, valid: pd.DataFrame | None) -> None:
         """Train ``net_`` with early stopping, on :func:`mgrec.distributed.current`'s device.
@@ -266,39 +237,6 @@ class MGR(PartsMixin, ServingMixin, Recommender):
         net.to("cpu")
         net.eval()
         self.history_, self.best_epoch_, self.best_valid_ = hist.epochs, hist.best_epoch, hist.best_valid
-
-    def _data_checksum(self, local: str) -> str:
-        """``local``, or on shards the checksum of every rank's, in rank order (the same on all)."""
-        if self._shard is None:
-            return local
-        from mgrec.checkpoint import data_checksum
-        from mgrec.distributed import current
-
-        parts = current().gather_bytes(torch.frombuffer(bytearray(local.encode()), dtype=torch.uint8))
-        return data_checksum(*(p.numpy() for p in parts))
-
-    def _validation(self, valid: pd.DataFrame | None, net: torch.nn.Module) -> Any:
-        """The early-stopping score: rank 0 ranks every validation user, or on shards each rank
-        ranks its own and the per-user sums are added up."""
-        from mgrec.distributed import current
-
-        dctx = current()
-        if self._shard is None:
-            return dctx.scored_on_main(validation_scorer(self, valid, metric="ndcg@10"), net)
-        n_valid = 0 if valid is None else len(valid)
-        if int(dctx.reduce_array(np.array([n_valid], np.int64), "sum")[0]) == 0:
-            return None
-        local = validation_scorer(self, valid, metric="ndcg@10", totals=True)
-
-        def shared() -> float:
-            total, count = (0.0, 0.0)
-            if local is not None:
-                with dctx.on_cpu(net):
-                    total, count = local()
-            s, n = dctx.sum([total, count])
-            return s / max(n, 1.0)
-
-        return shared
 
     def _epoch(self, examples: tuple[np.ndarray, ...], opt: torch.optim.Optimizer,
                gen: torch.Generator, log_q: torch.Tensor, order: torch.Generator | None = None) -> float:
@@ -584,18 +522,3 @@ class MGR(PartsMixin, ServingMixin, Recommender):
 
 def _encode(table: Any, min_count: int = 1) -> EncodedFeatures | None:
     return encode_features(table, min_count=min_count) if table is not None and table.names else None
-
-
-def _whole_context(dataset: Dataset, train: pd.DataFrame, own: pd.DataFrame, reduce: Reduce) -> dict[str, Any]:
-    """What :class:`ContextBuilder` needs from every rank's events (its ``whole``): the users
-    with training events, each user's activity and the time span. ``train`` is the rank's
-    events (own and friends'), ``own`` its own users' share of them."""
-    n = dataset.n_users
-    has_time = dataset.has_time and "timestamp" in train.columns
-    counts = reduce(np.bincount(own["user"].to_numpy(np.int64), minlength=n).astype(np.int64), "sum")
-    activity = reduce(user_activity(train, n, has_time=has_time), "max")
-    ts = train["timestamp"].to_numpy(np.float64) if has_time and len(train) else np.zeros(0)
-    lo = float(reduce(np.array([ts.min() if len(ts) else np.inf]), "min")[0])
-    hi = float(reduce(np.array([ts.max() if len(ts) else -np.inf]), "max")[0])
-    t_range = (lo, hi) if has_time and math.isfinite(lo) else (math.nan, math.nan)
-    return {"trained": counts > 0, "activity": activity, "t_range": t_range}

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import httpx
+from worlds import small_world
 
 KEYS = {"read": "read-key-0123456789abcdef", "write": "write-key-0123456789abcdef",
         "admin": "admin-key-0123456789abcdef"}
@@ -28,11 +29,11 @@ def write_keys(path: Path) -> Path:
 def train_model_dir(out: Path, *, fusion: str = "weighted", seed: int = 0, epochs: int = 2) -> Path:
     """A small fused model on synthetic data (with time and friends), saved as ``mgrec train`` does."""
     from mgrec.data.split import make_split
-    from mgrec.data.synthetic import SyntheticConfig, make_synthetic
+    from mgrec.data.synthetic import make_synthetic
     from mgrec.experiment import ExperimentConfig, TrainedRun, save_run
     from mgrec.mgr import MGR
 
-    ds = make_synthetic(SyntheticConfig(n_users=300, n_items=200, mean_events=15), seed=0)
+    ds = make_synthetic(small_world(n_users=300, n_items=200, mean_events=15), seed=0)
     split = make_split(ds, "loo", seed=0)
     model = MGR({"dim": 16, "max_len": 10, "max_friends": 5, "friend_len": 3, "batch_size": 256,
                  "lr": 3e-3, "epochs": epochs, "fusion": fusion}, seed=seed).fit(ds, split.train, split.valid)

@@ -8,11 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from worlds import small_world
 
 from mgrec.batching import ContextBuilder
 from mgrec.data.dataset import Dataset, FeatureTable, SocialGraph
 from mgrec.data.features import encode_features
-from mgrec.data.synthetic import SyntheticConfig, make_synthetic
+from mgrec.data.synthetic import make_synthetic
 from mgrec.data.vocab import Vocabulary
 from mgrec.errors import ConfigError, DataError
 from mgrec.feature_arrays import build_item_arrays, feature_arrays, item_time_raw
@@ -234,7 +235,7 @@ def test_an_untrained_user_id_reads_as_the_unknown_user():
 
 
 def test_no_leakage_against_a_naive_loop():
-    ds = make_synthetic(SyntheticConfig(n_users=60, n_items=50, mean_events=12), seed=0)
+    ds = make_synthetic(small_world(n_users=60, n_items=50, mean_events=12), seed=0)
     cb = ContextBuilder(ds, ds.interactions, max_len=4, max_friends=3, friend_len=3)
     users, pos, items, times = cb.examples()
     b = cb.batch(users, cutoff=pos)
@@ -260,7 +261,7 @@ def test_no_leakage_against_a_naive_loop():
 
 @pytest.mark.parametrize("stride", [1, 2, 4])
 def test_windows_cover_every_target_once_with_enough_context(stride):
-    ds = make_synthetic(SyntheticConfig(n_users=40, n_items=30, mean_events=9), seed=1)
+    ds = make_synthetic(small_world(n_users=40, n_items=30, mean_events=9), seed=1)
     cb = ContextBuilder(ds, ds.interactions, max_len=4, max_friends=2, friend_len=2)
     users, first, end = cb.windows(stride)
     n = np.diff(cb.indptr)
@@ -277,7 +278,7 @@ def test_windows_cover_every_target_once_with_enough_context(stride):
 
 
 def test_windows_bad_stride():
-    ds = make_synthetic(SyntheticConfig(n_users=20, n_items=30, mean_events=5), seed=0)
+    ds = make_synthetic(small_world(n_users=20, n_items=30, mean_events=5), seed=0)
     cb = ContextBuilder(ds, ds.interactions, max_len=4, max_friends=2, friend_len=2)
     for bad in (0, 5):
         with pytest.raises(ConfigError, match="stride"):
@@ -300,7 +301,7 @@ def test_pack_steps_counts_off_targets_by_hand():
 
 
 def test_batch_history_keeps_the_latest_columns_only():
-    ds = make_synthetic(SyntheticConfig(n_users=30, n_items=25, mean_events=8), seed=2)
+    ds = make_synthetic(small_world(n_users=30, n_items=25, mean_events=8), seed=2)
     cb = ContextBuilder(ds, ds.interactions, max_len=5, max_friends=2, friend_len=2)
     users = np.arange(cb.n_users)
     cut = np.minimum(np.diff(cb.indptr), 3)

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from worlds import small_world
 
 from mgrec.cli import main
 from mgrec.coldstart import TABLE_METRICS, check_frac, cold_users, draw_held_out, new_items, run_coldstart
 from mgrec.data.split import make_split
-from mgrec.data.synthetic import SyntheticConfig, make_synthetic
+from mgrec.data.synthetic import make_synthetic
 from mgrec.errors import ConfigError
 
 SMALL = {"dim": 16, "max_len": 10, "max_friends": 5, "friend_len": 3, "batch_size": 256, "lr": 3e-3,
@@ -24,7 +25,7 @@ TRAINED = {**SMALL, "epochs": 30}
 
 @pytest.fixture(scope="module")
 def data():
-    return make_synthetic(SyntheticConfig(n_users=300, n_items=200, mean_events=15), seed=0)
+    return make_synthetic(small_world(n_users=300, n_items=200, mean_events=15), seed=0)
 
 
 @pytest.fixture(scope="module", params=[0, 1])

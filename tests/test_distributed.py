@@ -2,7 +2,7 @@
 
 Fast tests cover the pieces (environment, sharding, the checkpoint file, the loop state, the
 command line's errors, exact in-process resume). The slow ones launch real processes:
-``torchrun --nproc_per_node=2 -m mgrec train`` on the built-in synthetic dataset, compared
+``torchrun --nproc_per_node=2 -m mgrec train`` on a synthetic world (tests/worlds.py), compared
 with single-process runs of three seeds, and a two-process run killed with SIGKILL after its
 second checkpoint and resumed with ``--resume``.
 
@@ -25,12 +25,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from worlds import OLD_DEFAULT, small_world
 
 from mgrec import distributed
 from mgrec.checkpoint import CheckpointPlan, checkpointing, list_checkpoints, read_checkpoint, write_checkpoint
 from mgrec.cli import main
 from mgrec.data.split import make_split
-from mgrec.data.synthetic import SyntheticConfig, make_synthetic
+from mgrec.data.synthetic import make_synthetic
 from mgrec.errors import ConfigError, DataError
 from mgrec.mgr import MGR
 from mgrec.training import EarlyStopping, FitState, fit_epochs
@@ -38,7 +39,8 @@ from mgrec.training import EarlyStopping, FitState, fit_epochs
 TESTS = Path(__file__).resolve().parent
 SMALL = {"dim": 16, "max_len": 10, "max_friends": 5, "friend_len": 3, "batch_size": 256, "lr": 3e-3,
          "threads": 1}
-#: The command-line runs: the built-in synthetic dataset (2000 users, 81k events), 5 epochs.
+#: The command-line runs: the default synthetic world of sessions 1-14 (:data:`worlds.OLD_DEFAULT`,
+#: 2000 users, 81k events), 5 epochs.
 CLI_CONFIG = {"dim": 16, "max_len": 10, "max_friends": 5, "friend_len": 3, "epochs": 5, "patience": 5,
               "threads": 1}
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
@@ -53,7 +55,7 @@ def _single_process(monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny():
-    return make_synthetic(SyntheticConfig(n_users=200, n_items=100, mean_events=10), seed=0)
+    return make_synthetic(small_world(n_users=200, n_items=100, mean_events=10), seed=0)
 
 
 # ---------------------------------------------------------------------- pieces
@@ -219,8 +221,8 @@ def _torchrun(*args: str) -> list[str]:
 
 
 def _train_argv(out: Path, *extra: str, seed: int = 0) -> list[str]:
-    """``mgrec train`` of mgr on the built-in synthetic dataset with :data:`CLI_CONFIG`."""
-    return ["train", "--dataset", "synthetic", "--model", "mgr", "--seed", str(seed), "--out", str(out),
+    """``mgrec train`` of mgr on :data:`worlds.OLD_DEFAULT` with :data:`CLI_CONFIG`."""
+    return ["train", "--dataset", OLD_DEFAULT, "--model", "mgr", "--seed", str(seed), "--out", str(out),
             "--config", json.dumps(CLI_CONFIG), *extra]
 
 
@@ -258,7 +260,7 @@ def two_process_shards_run(tmp_path_factory) -> Path:
     """``torchrun --nproc_per_node=2 ... --shards DIR`` (seed 0): each rank reads its own users'
     part of the split folder (and their friends' events) and trains on its own users."""
     root = tmp_path_factory.mktemp("shards")
-    assert main(["data", "split", "synthetic", "--format", "shards", "--out", str(root / "split")]) == 0
+    assert main(["data", "split", OLD_DEFAULT, "--format", "shards", "--out", str(root / "split")]) == 0
     argv = ["train", "--shards", str(root / "split"), "--model", "mgr", "--seed", "0", "--out", str(root / "out"),
             "--config", json.dumps(CLI_CONFIG)]
     text = _run(_torchrun("-m", "mgrec", "-v", *argv), root / "log.txt")
@@ -282,7 +284,7 @@ def _worker_main(out: Path) -> None:
         assert ctx.broadcast_float(10.0 + r) == 10.0 and ctx.broadcast_int(5 + r) == 5
         states = ctx.gather_bytes(torch.full((3,), r, dtype=torch.uint8))
         assert [s.tolist() for s in states] == [[0, 0, 0], [1, 1, 1]]
-        ds = make_synthetic(SyntheticConfig(n_users=200, n_items=100, mean_events=10), seed=0)
+        ds = make_synthetic(small_world(n_users=200, n_items=100, mean_events=10), seed=0)
         split = make_split(ds, "loo", seed=0)
         model = MGR({**SMALL, "epochs": 2}, seed=0).fit(ds, split.train, split.valid)  # checks replicas
         assert model.behavior_mode_ == "sequence"

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from worlds import small_world
 
 from mgrec.baselines.ease import ease_weights
 from mgrec.data.split import make_split
-from mgrec.data.synthetic import SyntheticConfig, make_synthetic
+from mgrec.data.synthetic import make_synthetic
 from mgrec.errors import ConfigError
 from mgrec.item_item import RELATIVE_SCALES, ItemItemPart, fit_item_item, scale_grid
 from mgrec.mgr import MGR, MGRConfig
@@ -47,7 +48,7 @@ def test_scale_grid_is_relative_to_the_spreads():
 
 @pytest.fixture(scope="module")
 def fitted():
-    ds = make_synthetic(SyntheticConfig(n_users=200, n_items=120, mean_events=15), seed=0)
+    ds = make_synthetic(small_world(n_users=200, n_items=120, mean_events=15), seed=0)
     split = make_split(ds, "random", seed=0)
     model = MGR({**SMALL, "fusion": "weighted", "item_item": "ease", "item_item_reg": 20.0,
                  "item_item_rank": 40}, seed=0).fit(ds, split.train, split.valid)
@@ -126,7 +127,7 @@ def test_save_load_keeps_the_part(fitted, tmp_path):
 
 
 def test_auto_is_off_for_sequences_and_config_errors():
-    ds = make_synthetic(SyntheticConfig(n_users=100, n_items=60, mean_events=10), seed=0)
+    ds = make_synthetic(small_world(n_users=100, n_items=60, mean_events=10), seed=0)
     split = make_split(ds, "loo", seed=0)
     model = MGR({**SMALL, "epochs": 1}, seed=0).fit(ds, split.train, split.valid)
     assert model.behavior_mode_ == "sequence" and model.item_item_ is None and not model.item_item_valid_
@@ -141,7 +142,7 @@ def test_auto_is_off_for_sequences_and_config_errors():
 
 
 def test_several_penalties_are_chosen_on_validation_with_the_scale(tmp_path):
-    ds = make_synthetic(SyntheticConfig(n_users=200, n_items=120, mean_events=15), seed=1)
+    ds = make_synthetic(small_world(n_users=200, n_items=120, mean_events=15), seed=1)
     split = make_split(ds, "random", seed=1)
     model = MGR({**SMALL, "item_item": "ease", "item_item_reg": [2.0, 500.0], "item_item_rank": 40},
                 seed=1).fit(ds, split.train, split.valid)

@@ -8,13 +8,14 @@ import copy
 import numpy as np
 import pandas as pd
 import pytest
+from worlds import small_world
 
 from mgrec.baselines.ease import EASE
 from mgrec.batching import ContextBuilder
 from mgrec.data.dataset import Dataset, FeatureTable
 from mgrec.data.events import events_dataset, with_events
 from mgrec.data.split import make_split
-from mgrec.data.synthetic import SyntheticConfig, make_synthetic
+from mgrec.data.synthetic import make_synthetic
 from mgrec.data.vocab import Vocabulary
 from mgrec.errors import ConfigError, DataError
 from mgrec.mgr import MGR
@@ -76,7 +77,7 @@ def test_observe_marks_items_seen_and_ease_reads_them():
 
 @pytest.fixture(scope="module")
 def mgr():
-    ds = make_synthetic(SyntheticConfig(n_users=120, n_items=80, mean_events=12), seed=0)
+    ds = make_synthetic(small_world(n_users=120, n_items=80, mean_events=12), seed=0)
     split = make_split(ds, "loo", seed=0)
     model = MGR({"dim": 8, "max_len": 6, "max_friends": 3, "friend_len": 2, "batch_size": 128, "epochs": 1},
                 seed=0).fit(ds, split.train, split.valid)

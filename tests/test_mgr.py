@@ -8,10 +8,11 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from worlds import small_world
 
 from mgrec.baselines.pop import Pop
 from mgrec.data.split import make_split
-from mgrec.data.synthetic import SyntheticConfig, make_synthetic
+from mgrec.data.synthetic import make_synthetic
 from mgrec.errors import ConfigError, DataError
 from mgrec.evaluation import evaluate_split
 from mgrec.mgr import MGR, MGRConfig, resolve_behavior_mode
@@ -22,7 +23,7 @@ SMALL = {"dim": 16, "max_len": 10, "max_friends": 5, "friend_len": 3, "batch_siz
 
 @pytest.fixture(scope="module")
 def data():
-    ds = make_synthetic(SyntheticConfig(n_users=300, n_items=200, mean_events=15), seed=0)
+    ds = make_synthetic(small_world(n_users=300, n_items=200, mean_events=15), seed=0)
     return ds, make_split(ds, "loo", seed=0)
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from worlds import small_world
 
 from mgrec.baselines.pop import Pop
 from mgrec.data.split import make_split
-from mgrec.data.synthetic import SyntheticConfig, make_synthetic
+from mgrec.data.synthetic import make_synthetic
 from mgrec.encoders.base import Batch
 from mgrec.errors import ConfigError
 from mgrec.mgr import MGR
@@ -23,7 +24,7 @@ TINY = {"dim": 16, "max_len": 8, "max_friends": 4, "friend_len": 3, "batch_size"
 
 @pytest.fixture(scope="module")
 def data():
-    ds = make_synthetic(SyntheticConfig(n_users=120, n_items=80, mean_events=10), seed=0)
+    ds = make_synthetic(small_world(n_users=120, n_items=80, mean_events=10), seed=0)
     return ds, make_split(ds, "loo", seed=0)
 
 

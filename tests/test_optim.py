@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from worlds import small_world
 
 import mgrec.mgr_build as mgr_build
 from mgrec.data.split import make_split
-from mgrec.data.synthetic import SyntheticConfig, make_synthetic
+from mgrec.data.synthetic import make_synthetic
 from mgrec.mgr import MGR, MGRConfig
 from mgrec.optim import LazyAdamW, SplitAdamW, make_optimizer, sparse_parameters
 
@@ -19,7 +20,7 @@ SMALL = {"dim": 16, "max_len": 10, "max_friends": 5, "friend_len": 3, "batch_siz
 
 @pytest.fixture(scope="module")
 def data():
-    ds = make_synthetic(SyntheticConfig(n_users=200, n_items=120, mean_events=12), seed=0)
+    ds = make_synthetic(small_world(n_users=200, n_items=120, mean_events=12), seed=0)
     return ds, make_split(ds, "random", seed=0)
 
 

@@ -17,7 +17,7 @@ import scipy.sparse as sp
 
 from mgrec.data.dataset import Dataset, to_csr
 from mgrec.data.split import Split, make_split
-from mgrec.data.synthetic import SyntheticConfig, make_synthetic
+from mgrec.data.synthetic import make_synthetic
 from mgrec.data.vocab import Vocabulary
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "peers"))
@@ -25,11 +25,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench" / "peers"))
 import export  # noqa: E402
 import peer_common  # noqa: E402
 import run_peers  # noqa: E402
+from worlds import small_world
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Dataset, Split]:
-    data = make_synthetic(SyntheticConfig(n_users=120, n_items=80, mean_events=12.0), seed=3)
+    data = make_synthetic(small_world(n_users=120, n_items=80, mean_events=12.0), seed=3)
     split = make_split(data, "temporal", seed=0)
     work = tmp_path_factory.mktemp("work")
     export.export_all(work, data, split)

@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 from serving_helpers import KEYS, Server, auth, train_model_dir, write_keys
+from worlds import small_world
 
 from mgrec.cli import main
 from mgrec.errors import ConfigError
@@ -510,12 +511,12 @@ def test_engine_serves_a_baseline_model(tmp_path):
     interaction matrix, similar items from co-occurrence, new users by popularity."""
     from mgrec.baselines.ease import EASE
     from mgrec.data.split import make_split
-    from mgrec.data.synthetic import SyntheticConfig, make_synthetic
+    from mgrec.data.synthetic import make_synthetic
     from mgrec.experiment import ExperimentConfig, TrainedRun, save_run
     from mgrec.server.engine import Engine, NotFound
     from mgrec.store import Event
 
-    ds = make_synthetic(SyntheticConfig(n_users=100, n_items=60, mean_events=10), seed=0)
+    ds = make_synthetic(small_world(n_users=100, n_items=60, mean_events=10), seed=0)
     split = make_split(ds, "random", seed=0)
     model = EASE({"reg": 50.0}).fit(ds, split.train, split.valid)
     save_run(TrainedRun(model, ds, split, {"dataset": "synthetic", "model": "ease"}),

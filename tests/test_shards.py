@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from worlds import small_world
 
 from mgrec.batching import ContextBuilder
 from mgrec.cli import main
@@ -23,7 +24,7 @@ from mgrec.data.dataset import FeatureTable, user_activity
 from mgrec.data.scale import write_parquet_folder
 from mgrec.data.shards import UserShard, load_shard, read_manifest, save_shards, user_ranges
 from mgrec.data.split import make_split
-from mgrec.data.synthetic import SyntheticConfig, make_synthetic
+from mgrec.data.synthetic import make_synthetic
 from mgrec.errors import ConfigError, DataError
 from mgrec.feature_arrays import item_time_raw
 from mgrec.mgr import MGR
@@ -35,7 +36,7 @@ SMALL = {"dim": 8, "max_len": 6, "max_friends": 4, "friend_len": 3, "batch_size"
 
 @pytest.fixture(scope="module")
 def world():
-    ds = make_synthetic(SyntheticConfig(n_users=150, n_items=80, mean_events=8), seed=0)
+    ds = make_synthetic(small_world(n_users=150, n_items=80, mean_events=8), seed=0)
     return ds, make_split(ds, "loo", seed=0)
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from worlds import small_world
 
 from mgrec.data.split import make_split
-from mgrec.data.synthetic import SyntheticConfig, make_synthetic
+from mgrec.data.synthetic import make_synthetic
 from mgrec.errors import ConfigError
 from mgrec.mgr import MGR
 from mgrec.retrieval import build_index
@@ -27,7 +28,7 @@ def test_counts_by_hand():
 
 @pytest.fixture(scope="module")
 def fitted():
-    ds = make_synthetic(SyntheticConfig(n_users=300, n_items=200, mean_events=15), seed=0)
+    ds = make_synthetic(small_world(n_users=300, n_items=200, mean_events=15), seed=0)
     split = make_split(ds, "loo", seed=0)
     return ds, split, MGR(SMALL, seed=0).fit(ds, split.train, split.valid)
 

@@ -14,14 +14,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from worlds import small_world, world_name
 
 from mgrec.config import from_dict
 from mgrec.data.dataset import Dataset
-from mgrec.data.registry import load_dataset
+from mgrec.data.registry import load_dataset, synthetic_config
 from mgrec.data.synthetic import SyntheticConfig, _ragged, _rounds, make_synthetic
 from mgrec.errors import ConfigError
 
-SMALL = SyntheticConfig(n_users=600, n_items=400, mean_events=30.0)
+# The generator's mechanisms are tested on a small dense world (tests/worlds.py).
+SMALL = small_world(n_users=600, n_items=400, mean_events=30.0)
 DAY = 86400
 
 
@@ -256,8 +258,8 @@ def test_chunking_does_not_change_the_law(gen):
 
 
 def test_degenerate_world_still_generates():
-    cfg = SyntheticConfig(n_users=20, n_items=30, n_clusters=1, social_degree=0.0,
-                          mean_events=5.0, min_events=2, new_item_frac=0.0, max_chunk_cells=1)
+    cfg = small_world(n_users=20, n_items=30, n_clusters=1, social_degree=0.0,
+                      mean_events=5.0, min_events=2, new_item_frac=0.0, max_chunk_cells=1)
     ds = make_synthetic(cfg, seed=0)
     assert ds.granularities == ["user", "item", "behavior", "time"]  # no friends at all
     assert ds.interactions.groupby("user").size().between(2, 29).all()
@@ -266,17 +268,35 @@ def test_degenerate_world_still_generates():
 
 def test_registry_builds_the_default_world():
     ds = load_dataset("synthetic", seed=0)
-    assert (ds.n_users, ds.n_items) == (2000, 1000)
-    assert 60_000 < len(ds.interactions) < 100_000
-    assert ds.meta["config"]["n_users"] == 2000
+    assert (ds.n_users, ds.n_items) == (8000, 4000)
+    assert 90_000 < len(ds.interactions) < 115_000  # 102,774 events at seed 0
+    assert ds.meta["config"]["n_users"] == 8000 and ds.meta["config"]["successor_head"] == 1.0
+    assert ds.granularities == ["user", "item", "behavior", "social", "time"]
+
+
+def test_named_world_replaces_fields_of_the_default():
+    ds = load_dataset("synthetic:n_users=150, n_items=90,mean_events=8,n_clusters=10,w_social=0", seed=0)
+    cfg = ds.meta["config"]
+    assert ds.name == "synthetic:n_users=150, n_items=90,mean_events=8,n_clusters=10,w_social=0"  # splits record it
+    assert (ds.n_users, ds.n_items, cfg["n_clusters"], cfg["w_social"]) == (150, 90, 10, 0.0)
+    assert cfg["successor_head"] == SyntheticConfig().successor_head  # the rest stays the default
+    assert synthetic_config("synthetic") == SyntheticConfig()
+    assert synthetic_config(world_name(n_users=600, n_items=400, mean_events=30.0)) == SMALL
+    bad = {"synthetic:": "give KEY=NUMBER", "synthetic:n_users": "'n_users' is not KEY=NUMBER",
+           "synthetic:n_users=abc": "is not KEY=NUMBER", "synthetic:=3": "is not KEY=NUMBER",
+           "synthetic:n_user=3": "unknown key 'n_user'", "synthetic:n_users=2.5": "expected an integer",
+           "synthetic:w_social=nan": "w_social must be float >= 0", "synthetic:n_clusters=5000": "n_clusters"}
+    for name, message in bad.items():
+        with pytest.raises(ConfigError, match=message):
+            load_dataset(name)
 
 
 def test_config_errors():
     with pytest.raises(ConfigError, match="unknown key 'n_user'"):
         from_dict(SyntheticConfig, {"n_user": 10})
     assert from_dict(SyntheticConfig, {"n_users": 10}).n_users == 10
-    bad = [{"n_users": -1}, {"n_users": 2.5}, {"n_clusters": 2000}, {"w_social": float("nan")},
-           {"homophily": 1.5}, {"min_events": 300}, {"new_item_frac": 0.999}, {"dim": 0}]
+    bad = [{"n_users": -1}, {"n_users": 2.5}, {"n_clusters": 5000}, {"w_social": float("nan")},
+           {"homophily": 1.5}, {"min_events": 300}, {"new_item_frac": 0.9999}, {"dim": 0}]
     for kw in bad:
         with pytest.raises(ConfigError, match="synthetic config"):
             SyntheticConfig(**kw)
@@ -323,7 +343,7 @@ def test_successor_head_puts_successions_on_the_initial_catalogue(gen):
     succ, release = np.asarray(truth["successor_item"]), np.asarray(truth["item_release"])
     cluster, succ_cluster = np.asarray(truth["item_cluster"]), np.asarray(truth["successor_cluster"])
     initial = release == release.min()
-    assert 0.3 < initial[succ].mean() < 0.5  # by default a successor is any item of its cluster
+    assert 0.3 < initial[succ].mean() < 0.5  # with successor_head 0 a successor is any item of its cluster
     head = gen(new_item_frac=0.6, successor_head=1.0).meta["ground_truth"]
     succ_h = np.asarray(head["successor_item"])
     assert initial[succ_h].all()  # every cluster here has initial items

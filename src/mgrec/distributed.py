@@ -213,10 +213,9 @@ class DistContext:
         fewest = -fewest
         if fewest == 0 and most > 0:  # every rank raises: none is left waiting in a collective
             raise ConfigError(f"a rank of {self.world_size} has no training step this epoch; use fewer processes")
-        n = most
-        if len(steps) == n:
+        if len(steps) == most:
             return steps
-        return [steps[i % len(steps)] for i in range(n)]
+        return [steps[i % len(steps)] for i in range(most)]
 
     def mean(self, total: float, count: int) -> float:
         """``sum(total) / sum(count)`` over ranks: the mean loss of a sharded epoch."""

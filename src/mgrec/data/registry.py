@@ -2,7 +2,9 @@
 
 ``load_dataset("ml-100k")`` reads ``<data root>/ml-100k``; ``load_dataset("folder:/my/data")``
 reads a user's own folder; ``load_dataset("synthetic")`` generates the built-in dataset,
-``load_dataset("synthetic-10m")`` a scale world of 10M events.
+``load_dataset("synthetic:n_users=500,w_social=0")`` the same world with some
+:class:`~mgrec.data.synthetic.SyntheticConfig` fields replaced, ``load_dataset("synthetic-10m")`` a
+scale world of 10M events.
 """
 
 from __future__ import annotations
@@ -31,7 +33,33 @@ DATASETS: dict[str, tuple[str, str]] = {
 
 def dataset_names() -> list[str]:
     """Every name ``load_dataset`` accepts, plus the ``folder:PATH`` form."""
-    return [*DATASETS, "synthetic", "synthetic-<N>k|m", "folder:PATH"]
+    return [*DATASETS, "synthetic", "synthetic:KEY=VALUE,...", "synthetic-<N>k|m", "folder:PATH"]
+
+
+def synthetic_config(name: str):
+    """The :class:`~mgrec.data.synthetic.SyntheticConfig` of ``synthetic`` or
+    ``synthetic:KEY=VALUE,...`` (numbers replacing the defaults of the named fields).
+
+    Raises:
+        ConfigError: for a malformed pair, an unknown field, or a value of the wrong type or range.
+    """
+    from mgrec.config import from_dict
+    from mgrec.data.synthetic import SyntheticConfig
+
+    changes: dict[str, int | float] = {}
+    text = name[len("synthetic:"):] if name.startswith("synthetic:") else ""
+    for pair in filter(None, (p.strip() for p in text.split(","))):
+        key, eq, value = (t.strip() for t in pair.partition("="))
+        try:
+            number = float(value) if eq and key else None
+        except ValueError:
+            number = None
+        if number is None:
+            raise ConfigError(f"dataset {name!r}: {pair!r} is not KEY=NUMBER")
+        changes[key] = int(value) if number.is_integer() and value.lstrip("+-").isdigit() else number
+    if name.startswith("synthetic:") and not changes:
+        raise ConfigError(f"dataset {name!r}: give KEY=NUMBER pairs after 'synthetic:'")
+    return from_dict(SyntheticConfig, changes, where=f"dataset {name!r}")
 
 
 def _resolve(target: str) -> Callable[..., Dataset]:
@@ -43,7 +71,8 @@ def load_dataset(name: str, *, root: str | Path | None = None, seed: int = 0) ->
     """Load a dataset by name.
 
     Args:
-        name: a key of :data:`DATASETS`, ``synthetic``, a scale world ``synthetic-<N>k`` or
+        name: a key of :data:`DATASETS`, ``synthetic`` (``synthetic:KEY=VALUE,...`` with some
+            fields of its config replaced: :func:`synthetic_config`), a scale world ``synthetic-<N>k`` or
             ``synthetic-<N>m`` (:mod:`mgrec.data.scale`, ``N`` thousand or million events), or
             ``folder:PATH``.
         root: the data root (default: ``$MGREC_DATA``, then the user cache).
@@ -57,10 +86,10 @@ def load_dataset(name: str, *, root: str | Path | None = None, seed: int = 0) ->
         from mgrec.data.folder import load_folder
 
         return load_folder(Path(name[len("folder:"):]).expanduser())
-    if name == "synthetic":
-        from mgrec.data.synthetic import SyntheticConfig, make_synthetic
+    if name == "synthetic" or name.startswith("synthetic:"):
+        from mgrec.data.synthetic import make_synthetic
 
-        return make_synthetic(SyntheticConfig(), seed=seed)
+        return make_synthetic(synthetic_config(name), seed=seed, name=name)
     if name.startswith("synthetic-"):
         from mgrec.data.scale import make_scale, scale_config_for
 

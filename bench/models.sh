@@ -26,7 +26,7 @@ run() {
     ablation-ml-100k-random) $MGREC benchmark --datasets ml-100k --models mgr --ablation --split random --seeds 3 \
         --no-tune --out $R/ablation-ml-100k-random.json ;;
     ablation-synthetic) $MGREC benchmark --datasets synthetic --models mgr --ablation --split loo --seeds 3 --no-tune \
-        --out $R/ablation-synthetic-loo.json ;;
+        --config '{"mgr": {"patience": 20, "epochs": 200}}' --out $R/ablation-synthetic-loo.json ;;
     coldstart) $MGREC coldstart --datasets ml-100k --seeds 1 --out $R/coldstart-ml-100k.json
                $MGREC coldstart --datasets lastfm-2k --seeds 1 --out $R/coldstart-lastfm-2k.json ;;
     # the fused model with the behaviour granularity's item-item part (item_item "auto", on for

@@ -48,6 +48,22 @@ run() {
     itemitem-ciao) $MGREC benchmark --datasets ciao --models mgr --split random --seeds 3 --no-tune \
         --out $R/mgr-itemitem-ciao-random.json
         $MGREC benchmark --datasets ciao --models mgr --split loo --seeds 3 --no-tune --out $R/mgr-ciao-loo.json ;;
+    # the ciao rows again at the current code (session 16): one process per seed, as run
+    ciao-rerun) for s in 0 1 2; do
+            $MGREC benchmark --datasets ciao --models mgr --split random --seeds $s, --no-tune \
+                --out $R/ciao-random-mgr-s$s.json
+            $MGREC benchmark --datasets ciao --models mgr --split loo --seeds $s, --no-tune \
+                --out $R/ciao-loo-mgr-s$s.json
+        done ;;
+    # ciao `random` with mgr tuned like the neural baselines (6 trials on seed 0's validation)
+    ciao-random-tuned) $MGREC benchmark --datasets ciao --models mgr --split random --seeds 3 \
+        --out $R/mgr-ciao-random-tuned.json ;;
+    # the ciao `loo` fusion table under the current protocol: the rows `--fusions` adds, one
+    # process per (fusion, seed); `mgr` (= `mgr-gated`) is the ciao-rerun step's loo rows
+    fusions-ciao-loo) for f in weighted product deep; do for s in 0 1 2; do
+            $MGREC benchmark --datasets ciao --models mgr --split loo --seeds $s, --no-tune \
+                --config "{\"mgr\": {\"fusion\": \"$f\"}}" --out $R/ciao-loo-mgr-$f-s$s.json
+        done; done ;;
     *) echo "unknown step $1" >&2; exit 2 ;;
     esac
 }

@@ -154,6 +154,30 @@ def test_fit_epochs_without_validation_runs_all_epochs_and_eval_every():
         EarlyStopping(patience=0)
 
 
+
+def test_valid_curve_replays_the_trainers_stopping_rule():
+    """bench/valid_curve.py says where a patience would have stopped a recorded curve; it must
+    stop where fit_epochs does on the same scores (a tie is no new best)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "valid_curve.py"
+    spec = importlib.util.spec_from_file_location("valid_curve", path)
+    assert spec is not None and spec.loader is not None
+    valid_curve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(valid_curve)
+    curve = [0.10, 0.30, 0.25, 0.30, 0.20, 0.35, 0.31, 0.32, 0.33, 0.34, 0.40, 0.1]
+    for patience in (1, 2, 3, 4, 6):
+        scores = iter(curve)
+        hist = fit_epochs(lambda e: 0.0, stopping=EarlyStopping(epochs=len(curve), patience=patience),
+                          validate=lambda: next(scores), snapshot=dict, restore=lambda s: None)
+        assert valid_curve.stop_epoch(curve, patience) == (hist.best_epoch, len(hist.epochs))
+    # by hand: patience 2 stops at epoch 4 (best 2; the tie at 4 is no new best), 4 at epoch 10
+    # (best 6), and 6 reaches the later best (11) and the end of the curve
+    assert valid_curve.stop_epoch(curve, 2) == (2, 4)
+    assert valid_curve.stop_epoch(curve, 4) == (6, 10)
+    assert valid_curve.stop_epoch(curve, 6) == (11, 12)
+
 _ALLOC_PROBE = (
     "import ctypes, sys; from mgrec.allocator import tune_malloc, MMAP_THRESHOLD; "
     "ok = tune_malloc(); assert tune_malloc() is ok; print(ok)"

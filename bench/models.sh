@@ -64,6 +64,19 @@ run() {
             $MGREC benchmark --datasets ciao --models mgr --split loo --seeds $s, --no-tune \
                 --config "{\"mgr\": {\"fusion\": \"$f\"}}" --out $R/ciao-loo-mgr-$f-s$s.json
         done; done ;;
+    # the summary rows again after the default patience became 20 (commit dcd6a1b), one process
+    # per seed as run; ml-100k `loo` tuned (6 trials on seed 0's validation, the loo grid
+    # weight_decay x fusion) and SASRec there with patience 20 as well, its tuned config kept
+    summary-p20) for s in 0 1 2; do
+            for d in ciao lastfm-2k ml-100k; do
+                $MGREC benchmark --datasets $d --models mgr --split random --seeds $s, --no-tune \
+                    --out $R/$d-random-mgr-s$s.json
+            done
+            $MGREC benchmark --datasets ciao --models mgr --split loo --seeds $s, --no-tune --out $R/ciao-loo-mgr-s$s.json
+            $MGREC benchmark --datasets ml-100k --models sasrec --split loo --seeds $s, --no-tune \
+                --config '{"sasrec": {"dropout": 0.2, "max_len": 200, "patience": 20}}' --out $R/ml-100k-loo-sasrec-s$s.json
+        done
+        $MGREC benchmark --datasets ml-100k --models mgr --split loo --seeds 3 --out $R/ml-100k-loo-mgr-tuned.json ;;
     *) echo "unknown step $1" >&2; exit 2 ;;
     esac
 }

@@ -154,7 +154,6 @@ def test_fit_epochs_without_validation_runs_all_epochs_and_eval_every():
         EarlyStopping(patience=0)
 
 
-
 def test_valid_curve_replays_the_trainers_stopping_rule():
     """bench/valid_curve.py says where a patience would have stopped a recorded curve; it must
     stop where fit_epochs does on the same scores (a tie is no new best)."""
@@ -177,6 +176,7 @@ def test_valid_curve_replays_the_trainers_stopping_rule():
     assert valid_curve.stop_epoch(curve, 2) == (2, 4)
     assert valid_curve.stop_epoch(curve, 4) == (6, 10)
     assert valid_curve.stop_epoch(curve, 6) == (11, 12)
+
 
 _ALLOC_PROBE = (
     "import ctypes, sys; from mgrec.allocator import tune_malloc, MMAP_THRESHOLD; "

@@ -140,7 +140,7 @@ class MGRConfig:
     loss_precision: str = "auto"
     n_negatives: int = 1024
     optimizer: str = "adamw"
-    # lr, weight_decay, batch_size, patience and hist_dropout: best on ml-100k validation
+    # lr, weight_decay, batch_size and hist_dropout: best on ml-100k validation
     # (seed 0): valid NDCG@10 0.2644 at about 3 s per epoch on 2 cores (EASE: 0.2630). With
     # batches of 1024 the decoupled decay per epoch (steps x lr x weight_decay) equals that
     # of batches of 256 at lr 1e-3 and weight_decay 0.5, which it replaced.

@@ -49,7 +49,13 @@ def test_page_shows_recommendations_and_reacts_to_a_new_interaction(server):
             page.fill("#user", "u3")
             page.click("#load")
             rows = page.locator("#recs tr")
-            rows.first.wait_for(timeout=20_000)
+            # 60 s: on a loaded 2-core CI machine the first list once took over 20 s; a failure
+            # names the page's status line (the API's error, if any)
+            try:
+                rows.first.wait_for(timeout=60_000)
+            except sync_api.TimeoutError:
+                pytest.fail(f"no recommendations shown; status: {page.locator('#status').inner_text()!r}, "
+                            f"page errors: {errors}")
             assert rows.count() == 10
             before = [rows.nth(n).get_attribute("data-item") for n in range(10)]
             # one bar segment per granularity of the model, in the legend too

@@ -699,6 +699,34 @@ def test_social_multi_hop_rows_and_gradients_equal_the_dense_product(precomputed
     assert torch.all(grad[NU] == 0)
 
 
+def test_social_multi_hop_with_sparse_ids_reads_the_table_without_a_gradient():
+    """Sparse id tables: the multi-hop rows are still ``Â^2 E``'s, but the table's sparse
+    gradient holds only the users and friends the batch looks up, not the friends of friends
+    (at scale, 60k-100k rows a step that the optimiser would otherwise update)."""
+    tower = make_tower(id_dropout=0.0)
+    user = UserEncoder(NU, D, cat_cardinalities=[2, 3], n_numeric=2, n_bag_tokens=4, sparse_ids=True)
+    enc = SocialEncoder(user.id_embedding, tower, D, adjacency=adjacency(), hops=2)
+    init_module(nn.ModuleDict({"t": tower, "u": user, "e": enc}), torch.Generator().manual_seed(0))
+    tower.set_item_data(*item_data())
+    batch = make_batch()
+    users = batch.users
+    got = enc._multi_hop(users)
+    a = torch.as_tensor(normalized_adjacency(adjacency(), NU).toarray())
+    want = torch.cat([a @ a, torch.zeros(NU, 1)], 1)[users.clamp(max=NU - 1)] @ user.id_embedding.weight
+    torch.testing.assert_close(got, want * (users < NU).unsqueeze(1), rtol=0, atol=1e-5)
+    assert not got.requires_grad
+
+    vec, _ = enc(batch)
+    vec.sum().backward()
+    grad = user.id_embedding.weight.grad
+    assert grad.is_sparse
+    looked_up = set(users.tolist()) | set(batch.friends.flatten().tolist())
+    two_hop = set(np.flatnonzero((a @ a)[users[users < NU]].sum(0).numpy()).tolist())
+    assert two_hop - looked_up  # friends of friends the old gather sent gradient to
+    assert set(grad.coalesce().indices()[0].tolist()) <= looked_up
+    assert enc.hop_proj.weight.grad.abs().sum() > 0  # the term itself still learns
+
+
 def test_sparse_product_scipy_and_torch_paths_agree_with_the_dense_product():
     """CPU float32 weights go through scipy, the rest through torch CSR tensors: both give
     the dense product's values and ``S^T @ grad`` as the weight's gradient."""

@@ -6,7 +6,8 @@ item tower). The user's own id vector attends over the present friends (masked s
 a cold user has a zero id vector, i.e. a plain mean of the friends). A second term reaches
 friends of friends: row ``u`` of ``Â^hops E`` with ``Â = D_r^{-1/2} A D_c^{-1/2}`` the
 normalised adjacency and ``E`` the id table, computed on the fly for the batch's rows only
-(sparse products, no cache, so gradients reach ``E``).
+(sparse products, no cache, so gradients reach ``E``; with sparse id tables the term reads
+``E`` without a gradient, see ``SocialEncoder._multi_hop``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from mgrec.encoders import bag_sum, masked_softmax, unique_rows
 from mgrec.encoders.base import Batch
@@ -205,11 +205,12 @@ class SocialEncoder(nn.Module):
             for _ in range(self.hops - 1):
                 rows = rows @ self._adj
         rows = sp.csr_matrix(rows.multiply(known[:, None].astype(np.float32)))
-        if self.user_table.sparse:  # a gather, so that the table's gradient stays sparse
-            rows = rows.tocoo()
-            r, c = (torch.from_numpy(a.astype(np.int64)).to(weight.device) for a in (rows.row, rows.col))
-            vals = torch.from_numpy(rows.data.astype(np.float32)).to(weight.device, weight.dtype)
-            picked = F.embedding(c, weight, sparse=True) * vals.unsqueeze(-1)
-            return weight.new_zeros(len(codes), weight.shape[1]).index_add(0, r, picked)
         rows.resize((len(codes), weight.shape[0]))  # the table's padding row: no entries
+        if self.user_table.sparse:
+            # Sparse id tables (hundreds of thousands of users and more): the term reads the
+            # table without a gradient. A batch of 1024 users reaches 60k-100k distinct users in
+            # two hops, and their rows in the gradient would make every step's optimiser update
+            # (and its cache misses) grow with the table instead of the batch. ``hop_proj``
+            # still learns, and the rows are the current weights, not a stale copy.
+            return sparse_product(weight.detach(), rows)
         return sparse_product(weight, rows)

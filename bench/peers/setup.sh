@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Peer libraries for the side-by-side benchmark (issue 5), each in its own virtual environment
 # under .peers/ (git-ignored). mgrec never imports them. Recipes: ../shared/guides/anchors.md.
-# Usage: bash bench/peers/setup.sh [recbole] [implicit] [lightfm] [cornac]   (default: all)
+# Usage: bash bench/peers/setup.sh [recbole] [implicit] [lightfm]   (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
@@ -32,10 +32,9 @@ install() {
             touch "$ROOT/lightfm/.ok"
         fi
         echo "lightfm: ready" ;;
-    cornac) make_env cornac cornac==3.0.1 ;;
     *) echo "unknown peer $1" >&2; exit 2 ;;
     esac
 }
 PEERS=("$@")
-[ ${#PEERS[@]} -gt 0 ] || PEERS=(recbole implicit lightfm cornac)
+[ ${#PEERS[@]} -gt 0 ] || PEERS=(recbole implicit lightfm)
 for p in "${PEERS[@]}"; do install "$p"; done

@@ -243,6 +243,19 @@ def test_benchmark_ablation_and_fusion_rows(folder, tmp_path):
     assert set(by_name["mgr-no-time"]["model_config"]["granularities"]) == {"user", "item", "behavior", "social"}
 
 
+@pytest.mark.parametrize(("config", "message"), [
+    ('{"behavior_mode": "set"}', "config given for 'behavior_mode', which is not a model of this run (pop)"),
+    ('{"ease": {"reg": 10}}', "config given for 'ease'"),
+    ('{"pop": 3}', "the config of 'pop' must be a JSON object"),
+])
+def test_benchmark_rejects_configs_not_keyed_by_its_models(folder, tmp_path, capsys, config, message):
+    """A setting given at the top level (not under a model name) was silently ignored."""
+    assert main(["benchmark", "--datasets", f"folder:{folder}", "--models", "pop", "--config", config,
+                 "--out", str(tmp_path / "x.json")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_benchmark_rejects_unknown_fusion(folder, tmp_path, capsys):
     assert main(["benchmark", "--datasets", f"folder:{folder}", "--models", "pop", "--fusions", "sum",
                  "--out", str(tmp_path / "x.json")]) == 2

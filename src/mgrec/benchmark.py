@@ -130,6 +130,12 @@ def run_benchmark(
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list or min(seed_list) < 0 or len(set(seed_list)) != len(seed_list):
         raise ConfigError(f"seeds must be a positive count or distinct non-negative seeds, got {seeds!r}")
+    for name, config in (model_configs or {}).items():
+        if name not in models:
+            raise ConfigError(f"config given for {name!r}, which is not a model of this run ({', '.join(models)}); "
+                              'configs are given per model, e.g. {"mgr": {"dim": 64}}')
+        if not isinstance(config, dict):
+            raise ConfigError(f"the config of {name!r} must be a JSON object of settings, got {config!r}")
     rows: list[dict[str, Any]] = []
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     for dataset in datasets:

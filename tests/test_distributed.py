@@ -209,9 +209,13 @@ def test_cli_checkpoint_errors_are_one_line(folder, tmp_path, capsys):
 
 
 # ------------------------------------------------------------- real processes
-def _env() -> dict[str, str]:
+def _env(root: Path) -> dict[str, str]:
+    """The children's environment. ``TMPDIR`` is under the test's own folder: torchrun makes a
+    ``torchelastic_*`` log folder in the temp dir on every launch and never removes it."""
+    tmp = root / "tmp"
+    tmp.mkdir(exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_ENV}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+    env.update(OMP_NUM_THREADS="1", TMPDIR=str(tmp), PYTHONPATH=os.pathsep.join(
         [str(TESTS), *filter(None, [env.get("PYTHONPATH")])]))
     return env
 
@@ -233,7 +237,7 @@ def _mgr_train(out: Path, *extra: str) -> list[str]:
 
 def _run(cmd: list[str], log: Path, timeout: float = 240) -> str:
     with open(log, "w") as fh:
-        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_env(), timeout=timeout)
+        proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_env(log.parent), timeout=timeout)
     text = log.read_text()
     assert proc.returncode == 0, text[-3000:]
     return text
@@ -341,7 +345,8 @@ def test_killed_run_resumes_from_its_last_checkpoint(two_process_run, tmp_path):
     out, ckpt, log = tmp_path / "out", tmp_path / "ck", tmp_path / "log1.txt"
     cmd = _torchrun(*_mgr_train(out, "--checkpoint-dir", str(ckpt)))
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=_env(tmp_path),
+                                start_new_session=True)
     try:
         deadline = time.monotonic() + 180
         while not any(e >= 2 for e, _ in list_checkpoints(ckpt)):

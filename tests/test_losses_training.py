@@ -34,7 +34,7 @@ def test_dot_softmax_hand_values():
     # p = [1], q = [[1], [2], [3]]: logits [1, 2, 3]; target 0 -> 2.407606, target 2 -> 0.407606
     p, q = torch.tensor([[1.0], [1.0]], requires_grad=True), torch.tensor([[1.0], [2.0], [3.0]], requires_grad=True)
     got = dot_softmax_loss(p, q, torch.tensor([0, 2]))
-    assert float(got) == pytest.approx((2.407606 + 0.407606) / 2, abs=1e-5)
+    assert got.item() == pytest.approx((2.407606 + 0.407606) / 2, abs=1e-5)
     got.backward()
     # d/dp_b = (softmax - onehot) @ q; softmax = [0.090031, 0.244728, 0.665241], E[q] = 2.575210
     assert p.grad[:, 0].tolist() == pytest.approx([(2.575210 - 1) / 2, (2.575210 - 3) / 2], abs=1e-5)

@@ -54,7 +54,7 @@ def test_dot_softmax_equals_softmax_loss_in_value_and_gradients(monkeypatch, blo
         p, q = p0.clone().requires_grad_(), q0.clone().requires_grad_()
         loss = fn(p, q)
         (2.5 * loss).backward()  # a non-unit upstream gradient is scaled through
-        grads.append((float(loss), p.grad, q.grad))
+        grads.append((loss.item(), p.grad, q.grad))
     assert math.isfinite(grads[1][0])
     assert grads[1][0] == pytest.approx(grads[0][0], rel=1e-5)
     assert torch.allclose(grads[1][1], grads[0][1], atol=1e-5)
@@ -68,7 +68,7 @@ def test_dot_softmax_in_bfloat16_hand_values():
     q = torch.tensor([[1.0], [2.0], [3.0]], requires_grad=True)
     got = dot_softmax_loss(p, q, torch.tensor([0, 2]), matmul_dtype=torch.bfloat16)
     assert got.dtype == torch.float32
-    assert float(got) == pytest.approx((2.407606 + 0.407606) / 2, abs=1e-5)
+    assert got.item() == pytest.approx((2.407606 + 0.407606) / 2, abs=1e-5)
     got.backward()
     assert p.grad.dtype == q.grad.dtype == torch.float32
     assert p.grad[:, 0].tolist() == pytest.approx([(2.575210 - 1) / 2, (2.575210 - 3) / 2], abs=1e-2)
@@ -87,7 +87,7 @@ def test_dot_softmax_in_bfloat16_is_close_to_float32(monkeypatch, block):
         p, q = p0.clone().requires_grad_(), q0.clone().requires_grad_()
         loss = dot_softmax_loss(p, q, target, matmul_dtype=dtype)
         loss.backward()
-        out[dtype] = (float(loss), p.grad, q.grad)
+        out[dtype] = (loss.item(), p.grad, q.grad)
     full, low = out[torch.float32], out[torch.bfloat16]
     assert low[0] == pytest.approx(full[0], rel=2e-2)
     for a, b in zip(full[1:], low[1:], strict=True):
